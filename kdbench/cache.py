@@ -1,0 +1,113 @@
+"""Checksummed on-disk cache entries shared by datasets, teachers and teacher targets.
+
+An entry is a directory of files plus `meta.json` holding each file's sha256. Entries are built
+under a file lock (two processes never build the same entry at once), written atomically (a
+temporary directory renamed into place), and verified on every load: a corrupt or stale entry is
+reported with a warning and rebuilt, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from filelock import FileLock
+
+from .store import atomic_write_text
+
+
+class CorruptCacheWarning(UserWarning):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KDBENCH_CACHE", Path.home() / ".cache" / "kdbench"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def key_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+class CacheEntry:
+    """A directory `root/kind/key` whose files are listed with checksums in `meta.json`."""
+
+    def __init__(self, kind: str, key: str, root: Path | None = None):
+        self.dir = (root or cache_root()) / kind / key
+        self.lock = FileLock(str(self.dir) + ".lock")
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "meta.json"
+
+    def meta(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def valid(self, warn: bool = True) -> bool:
+        """True when every listed file exists with its recorded checksum."""
+        meta = self.meta()
+        if meta is None:
+            if warn and self.dir.exists():
+                warnings.warn(f"cache entry {self.dir} has no readable meta.json; rebuilding", CorruptCacheWarning, stacklevel=2)
+            return False
+        for name, digest in meta.get("files", {}).items():
+            path = self.dir / name
+            if not path.exists() or sha256_file(path) != digest:
+                if warn:
+                    warnings.warn(f"cache file {path} is missing or fails its checksum; rebuilding", CorruptCacheWarning, stacklevel=2)
+                return False
+        return True
+
+    def build(self, writer: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Run `writer(tmpdir) -> info` and publish its files atomically with checksums; returns meta."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.dir.name}.", dir=self.dir.parent))
+        try:
+            info = writer(tmp)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != "meta.json"}
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            meta = {"files": files, "info": info}
+            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            os.replace(tmp, self.dir)
+            return meta
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def get_or_build(self, writer: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """(meta, built): load a valid entry, else build it under the lock (another process may
+        have built it while we waited)."""
+        if self.valid(warn=True):
+            return self.meta(), False  # type: ignore[return-value]
+        with self.lock:
+            if self.valid(warn=False):
+                return self.meta(), False  # type: ignore[return-value]
+            return self.build(writer), True
+
+
+def save_array(dirpath: Path, name: str, array: np.ndarray) -> None:
+    np.save(dirpath / f"{name}.npy", np.ascontiguousarray(array))
+
+
+def load_array(dirpath: Path, name: str, mmap: bool = True) -> np.ndarray:
+    return np.load(dirpath / f"{name}.npy", mmap_mode="r" if mmap else None)

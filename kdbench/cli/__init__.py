@@ -1,0 +1,59 @@
+"""`kdbench` command line: one module per subcommand, each with `add_parser(subparsers)` and `run(args)`.
+
+Bad input raises KdbenchError anywhere below; it is printed as one line and the exit code is 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import KdbenchError
+
+# subcommand modules, in help order; a module that is missing (not yet written) is skipped
+COMMANDS = ["list_cmd", "data_cmd", "teacher_cmd", "run_cmd", "sweep_cmd", "report_cmd", "check_cmd", "bench_cmd"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints usage too)
+        raise KdbenchError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="kdbench", description="Knowledge-distillation benchmark: train, sweep, measure, report.")
+    parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"kdbench.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"kdbench.cli.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 0
+        return int(args.func(args) or 0)
+    except KdbenchError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

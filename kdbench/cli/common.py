@@ -1,0 +1,73 @@
+"""Options and helpers shared by several subcommands."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import KdbenchError
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Fields of a RunSpec that both `run` and `sweep` take."""
+    p.add_argument("--dataset", help="dataset name (see `kdbench data`)")
+    p.add_argument("--teacher", help="teacher: zoo name, 'auto' (the dataset's paper teacher) or file:ARCH=PATH")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher recipe (default: the dataset's recipe)")
+    p.add_argument("--student", help="student architecture (zoo name) or 'auto' (budget student)")
+    p.add_argument("--budget", choices=["paper", "repo"], help="budget family of auto students")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable, or k=v,k2=v2)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--split-seed", type=int)
+    p.add_argument("--max-train", type=int, help="deterministic subset of the training split (quick protocols)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ~/.cache/kdbench/data, /usr/share/datasets)")
+    p.add_argument("--no-latency", action="store_true", help="skip inference-latency measurement")
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
+    if not rows:
+        print("(nothing)")
+        return
+    df = pd.DataFrame(rows)
+    if columns:
+        df = df[[c for c in columns if c in df.columns]]
+    print(df.to_markdown(index=False, floatfmt=".4g"))
+
+
+def out_dir(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise KdbenchError(f"--out '{path}' exists and is not a directory")
+    return p
+
+
+def spec_fields(args: argparse.Namespace) -> dict:
+    """RunSpec fields given on the command line (unset options are left to the defaults)."""
+    from ..config import TeacherRecipe, parse_params
+    from ..teachers import default_recipe
+
+    fields = {}
+    for opt, field in (("dataset", "dataset"), ("teacher", "teacher"), ("student", "student"), ("budget", "budget"),
+                       ("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("val_fraction", "val_fraction"),
+                       ("split_seed", "split_seed"), ("max_train", "max_train"), ("device", "device")):
+        value = getattr(args, opt, None)
+        if value is not None:
+            fields[field] = value
+    if getattr(args, "param", None):
+        fields["params"] = parse_params(args.param)
+    if getattr(args, "teacher_epochs", None) is not None:
+        if args.teacher_epochs < 1:
+            raise KdbenchError(f"--teacher-epochs must be >= 1, got {args.teacher_epochs}")
+        base = default_recipe(fields.get("dataset", "mnist"))
+        fields["teacher_recipe"] = dataclasses_replace(base, epochs=args.teacher_epochs)
+    return fields
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)

@@ -1,0 +1,69 @@
+"""`kdbench run`: one run of one method, written as a RunRecord JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import RunSpec
+from ..errors import KdbenchError
+from .common import add_run_options, out_dir, spec_fields
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run one method once and write its record")
+    p.add_argument("--method", help="method name (see `kdbench list methods`)")
+    p.add_argument("--mode", help="tcn: ff or gan")
+    p.add_argument("--students", type=str, help="number of students (tcn)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="results/runs", help="directory for the record (default results/runs)")
+    p.add_argument("--from-record", metavar="FILE", help="rerun exactly the spec stored in a record")
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def _students(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise KdbenchError(f"--students '{text}' is not an integer") from None
+    if n < 1:
+        raise KdbenchError(f"--students must be >= 1, got {n}")
+    return n
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runner import execute, resolve, spec_from_record
+
+    out = out_dir(args.out)
+    if args.from_record:
+        path = Path(args.from_record)
+        try:
+            record = json.loads(path.read_text())
+            spec = spec_from_record(record)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise KdbenchError(f"cannot read record '{path}': {e}") from None
+    else:
+        if not args.method:
+            raise KdbenchError("kdbench run: --method is required (see `kdbench list methods`)")
+        fields = spec_fields(args)
+        n = _students(args.students)
+        if n is not None:
+            fields["n_students"] = n
+        if args.mode:
+            fields["mode"] = args.mode
+        if args.seed is not None:
+            fields["seed"] = args.seed
+        spec = RunSpec(method=args.method, **fields)
+    r = resolve(spec)
+    record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r)
+    path = out / f"{record['run_key']}.json"
+    if record["status"] != "ok":
+        print(f"run {record['run_key']} FAILED: {record['error']['type']}: {record['error']['message']} (record: {path})")
+        return 1
+    m = record["metrics"]
+    summary = ", ".join(f"{k}={m[k]:.2f}" for k in ("test_acc", "test_acc_valbest", "val_acc", "train_time_s") if isinstance(m.get(k), (int, float)))
+    print(f"run {record['run_key']} ok: {summary}\nrecord: {path}")
+    return 0

@@ -1,0 +1,186 @@
+"""The dataset registry: what each dataset is, where it is looked for, and how it is decoded.
+
+A dataset is one registered *decode* function (expensive, run once, its arrays cached) plus an
+*assemble* step (cheap, run on every load, turns cached arrays and options into a `Pool`).
+Adding a dataset is one `@register_dataset(...)` function in a module by format.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import KdbenchError
+from ..registry import Registry
+from .base import DataSpec
+
+MODALITIES = ("image", "text")
+
+
+@dataclass
+class Decoded:
+    """What a decoder returns: named numpy arrays (cached as .npy) and JSON-able metadata."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pool:
+    """A dataset before the val carve: the original train pool and the test set, as numpy arrays.
+
+    Images stay uint8 here (cheap to cache and index); `scale` turns them into float32 in [0, 1]
+    only for the rows a split keeps. Text is already int64 token ids (`scale` None).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    spec: DataSpec
+    scale: float | None = 255.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+DecodeFn = Callable[[Path | None], Decoded]
+AssembleFn = Callable[["DatasetEntry", Decoded, Mapping[str, Any]], Pool]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One catalogue entry. `paths` are tried in order under every data root; an entry with no
+    paths ships with a package and needs no root."""
+
+    name: str
+    description: str
+    modality: str
+    how_to_get: str
+    paths: tuple[str, ...]
+    decode: DecodeFn
+    assemble: AssembleFn
+    num_classes: int
+    options: Mapping[str, Any] = field(default_factory=dict)  # defaults of load_dataset(**options)
+    accepts: Callable[[Path], bool] | None = None  # is this existing path a usable copy?
+    header_sizes: Callable[[Path | None], dict[str, int] | None] | None = None  # cheap sizes for the table
+    downloader: Callable[[Path], None] | None = None
+    deviations: tuple[str, ...] = ()
+    cache: bool = True
+
+    @property
+    def needs_root(self) -> bool:
+        return bool(self.paths)
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with `given`; an unknown option is a user error."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise KdbenchError(f"dataset '{self.name}' has no option {', '.join(map(repr, unknown))} (options: {allowed})")
+        return {**self.options, **given}
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def image_assemble(entry: DatasetEntry, decoded: Decoded, options: Mapping[str, Any]) -> Pool:
+    """Default assembly for image datasets: arrays train_x/train_y/test_x/test_y, uint8 (N, C, H, W)."""
+    a = decoded.arrays
+    spec = DataSpec(input_shape=tuple(int(s) for s in a["train_x"].shape[1:]), num_classes=entry.num_classes,
+                    modality="image")
+    return Pool(a["train_x"], a["train_y"], a["test_x"], a["test_y"], spec,
+                scale=float(decoded.meta.get("scale", 255.0)))
+
+
+def register_dataset(
+    name: str,
+    *,
+    modality: str,
+    description: str,
+    how_to_get: str,
+    num_classes: int,
+    paths: Sequence[str] = (),
+    assemble: AssembleFn | None = None,
+    options: Mapping[str, Any] | None = None,
+    accepts: Callable[[Path], bool] | None = None,
+    header_sizes: Callable[[Path | None], dict[str, int] | None] | None = None,
+    downloader: Callable[[Path], None] | None = None,
+    deviations: Sequence[str] = (),
+    cache: bool = True,
+) -> Callable[[DecodeFn], DecodeFn]:
+    """Decorator: register `fn(location) -> Decoded` as the decoder of dataset `name`."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+    def deco(fn: DecodeFn) -> DecodeFn:
+        DATASETS.add(name, DatasetEntry(
+            name=name, description=description, modality=modality, how_to_get=how_to_get,
+            paths=tuple(paths), decode=fn, assemble=assemble or image_assemble, num_classes=num_classes,
+            options=dict(options or {}), accepts=accepts, header_sizes=header_sizes, downloader=downloader,
+            deviations=tuple(deviations), cache=cache,
+        ))
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# where data lives
+# ---------------------------------------------------------------------------------------------
+
+SYSTEM_DATA_ROOT = Path("/usr/share/datasets")  # Debian's dataset-* packages install here
+
+
+def data_roots(data_root: str | Path | None = None) -> list[Path]:
+    """Roots searched, in order: the argument, $KDBENCH_DATA (os.pathsep-separated), ./data,
+    ~/.cache/kdbench/data, /usr/share/datasets. Duplicates are dropped; existence is not required
+    (the missing-data message lists them all)."""
+    cands: list[Path] = []
+    if data_root is not None and str(data_root) != "":
+        cands.append(Path(data_root))
+    env = os.environ.get("KDBENCH_DATA", "")
+    cands.extend(Path(p) for p in env.split(os.pathsep) if p)
+    cands += [Path.cwd() / "data", Path.home() / ".cache" / "kdbench" / "data", SYSTEM_DATA_ROOT]
+    out: list[Path] = []
+    seen: set[str] = set()
+    for c in cands:
+        c = c.expanduser().absolute()
+        if str(c) not in seen:
+            seen.add(str(c))
+            out.append(c)
+    return out
+
+
+def default_download_root(data_root: str | Path | None = None) -> Path:
+    """Where `download` writes: the argument, else the first $KDBENCH_DATA entry, else ~/.cache/kdbench/data."""
+    if data_root is not None and str(data_root) != "":
+        return Path(data_root).expanduser().absolute()
+    env = [p for p in os.environ.get("KDBENCH_DATA", "").split(os.pathsep) if p]
+    if env:
+        return Path(env[0]).expanduser().absolute()
+    return Path.home() / ".cache" / "kdbench" / "data"
+
+
+def locate(entry: DatasetEntry, data_root: str | Path | None = None) -> tuple[Path, Path] | None:
+    """(root, path) of the first usable copy of `entry`, or None. Entries without paths never need one."""
+    for root in data_roots(data_root):
+        for rel in entry.paths:
+            p = root / rel
+            try:
+                if not p.exists():
+                    continue
+                if entry.accepts is not None and not entry.accepts(p):
+                    continue
+            except OSError:
+                continue
+            return root, p
+    return None
+
+
+def missing_message(entry: DatasetEntry, data_root: str | Path | None = None) -> str:
+    roots = ", ".join(str(r) for r in data_roots(data_root))
+    looked = " or ".join(entry.paths)
+    return (f"dataset '{entry.name}' not found: looked for {looked} under {roots}; "
+            f"to get it: {entry.how_to_get}")

@@ -1,0 +1,217 @@
+"""The one training loop every method shares.
+
+A method describes *what* to optimise as a list of `Step`s (one optimiser and one loss function
+each; GAN-style methods use several per batch); the loop owns *how*: batching by indexing in-memory
+tensors, epochs, schedulers, validation each epoch with a val-best snapshot, a NaN/Inf guard,
+progress bars and per-epoch history.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import DivergenceError
+
+LossDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor  # indices into the split: look up cached teacher targets with it
+
+
+@dataclass
+class Step:
+    """One optimiser update per batch: minimise the sum of the named losses `loss_fn(batch)` returns."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[Batch], LossDict]
+    repeat: int = 1  # e.g. KDGAN's k_D = 2 discriminator updates per batch
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    best_state: dict[str, dict[str, torch.Tensor]]  # module name -> state_dict at the val-best epoch
+    train_time_s: float
+
+    def restore_best(self, modules: dict[str, nn.Module]) -> None:
+        for name, module in modules.items():
+            module.load_state_dict(self.best_state[name])
+
+
+def progress_enabled() -> bool:
+    env = os.environ.get("KDBENCH_PROGRESS")
+    if env is not None:
+        return env not in ("0", "false", "no")
+    return sys.stderr.isatty()
+
+
+def iterate_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None, drop_last: bool = False
+) -> Iterator[Batch]:
+    """Batches by indexing tensors already in memory (no per-sample DataLoader); shuffled if a generator is given."""
+    n = int(y.shape[0])
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - (n % batch_size) if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        idx_dev = idx.to(x.device)
+        yield Batch(x.index_select(0, idx_dev), y.index_select(0, idx_dev), idx_dev)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def train(
+    steps: Sequence[Step],
+    modules: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    score_key: str = "val_acc",
+    higher_is_better: bool = True,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+    seed: int = 0,
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    desc: str = "train",
+    drop_last: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train `modules` with `steps` for `epochs` over (x, y); validate after each epoch with `evaluate`.
+
+    `modules` are the trainable modules: put in train mode for the steps, eval mode for validation,
+    and snapshotted at the best validation score (ties keep the earlier epoch).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    best_score, best_epoch = -math.inf if higher_is_better else math.inf, 0
+    best_state = {name: snapshot(m) for name, m in modules.items()}
+    show = progress_enabled() if progress is None else progress
+    n_batches = math.ceil(len(y) / batch_size)
+    t_start = time.perf_counter()
+    bar = tqdm(total=epochs * n_batches, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+    try:
+        for epoch in range(1, epochs + 1):
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            for m in modules.values():
+                m.train()
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            count = 0
+            for batch in iterate_batches(x, y, batch_size, gen, drop_last):
+                if transform is not None:
+                    batch.x = transform(batch.x, gen)
+                for step in steps:
+                    for _ in range(step.repeat):
+                        losses = step.loss_fn(batch)
+                        total = sum(losses.values())
+                        value = float(total.detach())
+                        if not math.isfinite(value):
+                            bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
+                            raise DivergenceError(epoch, step.name, bad, value)
+                        step.optimizer.zero_grad(set_to_none=True)
+                        total.backward()
+                        step.optimizer.step()
+                    for k, v in losses.items():
+                        key = f"{step.name}/{k}" if len(steps) > 1 else k
+                        sums[key] = sums.get(key, 0.0) + float(v.detach())
+                count += 1
+                bar.update(1)
+            for s in schedulers:
+                s.step()
+            row: dict[str, float] = {"epoch": epoch, **{k: v / max(count, 1) for k, v in sums.items()}}
+            row["time_s"] = time.perf_counter() - t0
+            if evaluate is not None:
+                for m in modules.values():
+                    m.eval()
+                with torch.inference_mode():
+                    row.update(evaluate())
+                score = row[score_key]
+                better = score > best_score if higher_is_better else score < best_score
+                if better or epoch == 1:
+                    best_score, best_epoch = score, epoch
+                    best_state = {name: snapshot(m) for name, m in modules.items()}
+            else:  # no validation: the last epoch is the selected one
+                best_epoch, best_state = epoch, {name: snapshot(m) for name, m in modules.items()}
+            history.append(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
+    finally:
+        bar.close()
+    for m in modules.values():
+        m.eval()
+    return TrainResult(history, best_epoch, best_score, best_state, time.perf_counter() - t_start)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Outputs of `model` on all of x, in eval mode, batched."""
+    if isinstance(model, nn.Module):
+        was_training = model.training
+        model.eval()
+    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    if isinstance(model, nn.Module) and was_training:
+        model.train()
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
+    """Top-k accuracy in percent. A single-logit output is read as a binary sigmoid classifier."""
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        pred = (logits[:, 0] > 0).long()
+        return 100.0 * float((pred == y).float().mean())
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return 100.0 * float((top == y[:, None]).any(dim=1).float().mean())
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """Optimisers by name (the recipes in METHODS.md use Adam and SGD with momentum)."""
+    factories = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay),
+    }
+    if name not in factories:
+        from .errors import KdbenchError
+
+        raise KdbenchError(f"unknown optimizer '{name}' (known: {', '.join(sorted(factories))})")
+    return factories[name]()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` uses CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global RNG (weight init, dropout); batch order uses its own generator."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def deepcopy_module(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module)

@@ -1,0 +1,234 @@
+"""The method seam: a method is a small class that declares its hyperparameters and, given a
+`Context`, trains its students with the shared loop and returns a predictor.
+
+Method files live in `methods/` (installed as `kdbench.methods`) and register themselves with
+`@register_method`; nothing else is edited to add one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import pkgutil
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from .config import RunSpec
+from .data.base import Splits
+from .engine import Step, TrainResult, accuracy, predict, train
+from .errors import KdbenchError
+from .registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+@dataclass
+class Targets:
+    """Cached teacher outputs on one split (eval mode): logits (N, K) and dense features (N, D)."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+@dataclass
+class Schedule:
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+
+
+@dataclass
+class FitResult:
+    """What a method hands back: the deployed predictor (input -> logits), its parameters at the last
+    and at the val-best epoch, and the parts the measurements need (e.g. TCN's students)."""
+
+    predictor: nn.Module
+    last_state: dict[str, torch.Tensor]
+    valbest_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Everything a method may use; methods see no globals."""
+
+    spec: RunSpec
+    data: Splits
+    device: torch.device
+    schedule: Schedule
+    teacher: nn.Module | None
+    targets: Callable[[str], Targets]  # split name -> cached teacher targets, on device
+    make_student: Callable[..., nn.Module]  # (out_features=None, n_students=None, arch=None) -> student on device
+    make_model: Callable[..., nn.Module]  # zoo: (name, **kw) -> model on device
+    progress: bool | None = None
+    deviations: list[str] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        s = getattr(self.data, name)
+        return s.x, s.y
+
+    def val_accuracy(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        x, y = self.split("val")
+        return {"val_acc": accuracy(predict(model, x), y)}
+
+    def train(self, steps: list[Step], modules: dict[str, nn.Module], **kw: Any) -> TrainResult:
+        """The shared loop on the train split with this run's schedule and seed (override via kw)."""
+        x, y = self.split("train")
+        kw.setdefault("epochs", self.schedule.epochs)
+        kw.setdefault("batch_size", self.schedule.batch_size)
+        kw.setdefault("seed", self.seed)
+        kw.setdefault("progress", self.progress)
+        kw.setdefault("desc", self.spec.method)
+        return train(steps, modules, x, y, **kw)
+
+    def optimizer(self, params, lr: float | None = None, name: str | None = None, **kw: Any) -> torch.optim.Optimizer:
+        from .engine import make_optimizer
+
+        s = self.schedule
+        return make_optimizer(name or s.optimizer, params, lr if lr is not None else s.lr, kw.pop("weight_decay", s.weight_decay), **kw)
+
+
+class Method:
+    """Base class: subclasses set `name`, `Params` (a dataclass of hyperparameters with defaults) and `fit`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = type("Params", (), {})
+    needs_teacher: ClassVar[bool] = True
+    modes: ClassVar[tuple[str | None, ...]] = (None,)
+    multi_student: ClassVar[bool] = False  # accepts n_students > 1
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    @classmethod
+    def schedule(cls, spec: RunSpec, params: Any) -> Schedule:
+        """Default schedule (epochs, batch, lr) for this method on spec.dataset; spec fields override it."""
+        return Schedule(epochs=10, batch_size=128, lr=1e-3)
+
+    def fit(self, ctx: Context) -> FitResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def validate(cls, spec: RunSpec, params: Any) -> None:
+        """Reject impossible specs early (one clear line). Subclasses extend."""
+        if spec.mode not in cls.modes:
+            allowed = ", ".join(str(m) for m in cls.modes if m) or "none"
+            raise KdbenchError(f"method '{cls.name}' does not take --mode {spec.mode} (modes: {allowed})")
+        if spec.n_students < 1:
+            raise KdbenchError(f"--students must be >= 1, got {spec.n_students}")
+        if spec.n_students > 1 and not cls.multi_student:
+            raise KdbenchError(f"method '{cls.name}' trains one student; --students {spec.n_students} is for tcn")
+
+
+def param_fields(cls: type[Method]) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls.Params)) if dataclasses.is_dataclass(cls.Params) else []
+
+
+def build_params(cls: type[Method], given: dict[str, Any]) -> Any:
+    """Validate `--param` values against the method's Params dataclass: unknown keys and wrong types fail clearly."""
+    fields = {f.name: f for f in param_fields(cls)}
+    hints = typing.get_type_hints(cls.Params) if fields else {}
+    values: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=2)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            known = ", ".join(sorted(fields)) or "none"
+            raise KdbenchError(f"method '{cls.name}' has no parameter '{key}'{hint} (parameters: {known})")
+        values[key] = _coerce(cls.name, key, value, hints[key])
+    return cls.Params(**values)
+
+
+def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(method, key, value, a)
+            except KdbenchError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            raise KdbenchError(f"parameter '{key}' of '{method}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise KdbenchError(f"parameter '{key}' of '{method}' must be a list, got {value!r}")
+        inner = args[0] if args else str
+        return tuple(_coerce(method, key, v, inner) for v in items) if origin is tuple else [_coerce(method, key, v, inner) for v in items]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise KdbenchError(f"parameter '{key}' of '{method}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise KdbenchError(f"parameter '{key}' of '{method}' must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise KdbenchError(f"parameter '{key}' of '{method}' must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise KdbenchError(f"parameter '{key}' of '{method}' must be a string, got {value!r}")
+    return value
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {}
+
+
+def params_changed(cls: type[Method], params: Any) -> dict[str, Any]:
+    default = params_dict(cls.Params())
+    return {k: v for k, v in params_dict(params).items() if default.get(k) != v}
+
+
+_loaded = False
+
+
+def load_methods() -> Registry[type[Method]]:
+    """Import every module of `kdbench.methods` (the repository's methods/ folder) and any
+    third-party method registered under the `kdbench.methods` entry-point group."""
+    global _loaded
+    if not _loaded:
+        pkg = importlib.import_module("kdbench.methods")
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"kdbench.methods.{info.name}")
+        for ep in entry_points(group="kdbench.methods"):
+            ep.load()
+        _loaded = True
+    return METHODS
+
+
+def get_method(name: str) -> type[Method]:
+    return load_methods().get(name)

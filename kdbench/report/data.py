@@ -1,0 +1,211 @@
+"""Run records -> the one frame every table and plot reads, plus what the records say about protocol.
+
+Besides `store.load_results`' tidy frame this keeps, per run, the raw deviations list, the env and a
+teacher identity (a teacher shared by several runs is one observation of teacher accuracy, not n).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import store
+from ..errors import KdbenchError
+from ..registry import Registry
+
+# spec columns that identify a cell besides the seed (the base ones always, the extra ones only when
+# they vary inside a base cell, so that runs of different students never share a mean)
+BASE_KEYS = ("dataset", "method", "mode", "n_students", "variant")
+EXTRA_KEYS = ("teacher", "student", "budget", "epochs")
+
+METHOD_ORDER = ("teacher", "student", "kd", "takd", "kdgan", "ft", "tcn")
+METHOD_LABELS = {"teacher": "Teacher", "student": "Student (no KD)", "kd": "KD", "takd": "TAKD",
+                 "kdgan": "KDGAN", "ft": "FT", "tcn": "TCN"}
+DATASET_ORDER = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imdb")
+
+# kdbench dataset name (normalised: lower case, letters and digits only) -> the paper's dataset
+_PAPER_DATASETS = {"mnist": "mnist", "fashionmnist": "fashion-mnist", "cifar10": "cifar10",
+                   "cifar100": "cifar100", "imdb": "imdb"}
+_SUBSTITUTES = {"cifar10jpeg": ("cifar10", "the JPEG (quality 75) copy of CIFAR-10"),
+                "imdb5k": ("imdb", "a 5k-review subset of IMDB instead of the 25k/25k split")}
+
+
+@dataclass(frozen=True)
+class AccuracyChoice:
+    """Which recorded accuracy a table shows (never selected on test: val-best or last epoch)."""
+
+    column: str
+    no_finetune_column: str
+    label: str
+
+
+ACCURACY: Registry[AccuracyChoice] = Registry("accuracy selection")
+ACCURACY.add("valbest", AccuracyChoice("test_acc_valbest", "test_acc_valbest_no_finetune",
+                                       "test top-1 (%) at the val-best epoch (`test_acc_valbest`)"))
+ACCURACY.add("last", AccuracyChoice("test_acc", "test_acc_no_finetune",
+                                    "test top-1 (%) at the last epoch (`test_acc`)"))
+
+
+@dataclass
+class Results:
+    """Everything a report is built from, read once."""
+
+    frame: pd.DataFrame  # one row per ok run, key columns normalised (strings / ints, "" when missing)
+    deviations: dict[str, list[str]]  # run_key -> deviations
+    env: dict[str, dict[str, Any]]  # run_key -> env
+    n_failed: int
+    source: str
+    extras: dict[str, list[str]] = field(default_factory=dict)
+
+
+def paper_dataset(name: str) -> tuple[str | None, str | None]:
+    """The paper dataset a kdbench dataset stands for, and why it is a substitute (None when exact)."""
+    norm = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    if norm in _PAPER_DATASETS:
+        return _PAPER_DATASETS[norm], None
+    if norm in _SUBSTITUTES:
+        return _SUBSTITUTES[norm]
+    return None, None
+
+
+def _norm_key(value: Any) -> Any:
+    """Key values as plain str / int, "" when missing, so grouping and sorting are stable."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else float(value)
+    return str(value)
+
+
+def _teacher_id(rec: dict[str, Any]) -> str:
+    """Identity of the teacher a run used: its cache key when recorded, else the spec fields that make it."""
+    metrics = rec.get("metrics") or {}
+    for k in ("teacher_key", "teacher_id"):
+        if metrics.get(k):
+            return str(metrics[k])
+    spec = rec.get("spec") or {}
+    ident = {k: spec.get(k) for k in ("dataset", "teacher", "teacher_recipe", "split_seed", "val_fraction",
+                                      "max_train")}
+    if spec.get("teacher_recipe") is None:  # default recipe: its seed is fixed, not the run's
+        ident["teacher_recipe"] = "default"
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+def load(results_dir: str | Path) -> Results:
+    """Read a results directory; a missing directory or one with no ok record is a user error."""
+    path = Path(results_dir)
+    if not path.is_dir():
+        raise KdbenchError(f"results directory '{results_dir}' does not exist")
+    records = list(store.iter_records(path))
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        failed = len(records) - len(ok)
+        extra = f" ({failed} failed)" if failed else ""
+        raise KdbenchError(f"no successful run records (*.json with status ok) in '{results_dir}'{extra}")
+    frame = store.load_results(path)
+    by_key = {r["run_key"]: r for r in ok}
+    frame["teacher_id"] = [_teacher_id(by_key[k]) for k in frame["run_key"]]
+    for col in (*BASE_KEYS, *EXTRA_KEYS, "seed"):
+        if col not in frame.columns:
+            frame[col] = ""
+        frame[col] = frame[col].map(_norm_key).astype(object)
+    frame = frame.sort_values(["dataset", "method", "mode", "n_students", "variant", "seed", "run_key"],
+                              key=lambda s: s.map(lambda v: (isinstance(v, str), v)), kind="stable")
+    frame = frame.reset_index(drop=True)
+    return Results(frame=frame,
+                   deviations={k: [str(d) for d in (r.get("deviations") or [])] for k, r in by_key.items()},
+                   env={k: dict(r.get("env") or {}) for k, r in by_key.items()},
+                   n_failed=len(records) - len(ok), source=path.name or str(path))
+
+
+# --------------------------------------------------------------------------- ordering and labels
+
+def dataset_rank(name: str) -> tuple[int, str]:
+    paper, _ = paper_dataset(name)
+    pos = DATASET_ORDER.index(paper) if paper in DATASET_ORDER else len(DATASET_ORDER)
+    return (pos, str(name))
+
+
+def method_rank(method: str, mode: Any = "", n: Any = "") -> tuple:
+    pos = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (pos, str(method), str(mode), n if isinstance(n, int) else -1)
+
+
+def cell_label(row: dict[str, Any] | pd.Series, extra: tuple[str, ...] = (), with_n: bool | None = None) -> str:
+    """Human label of a cell: `TCN GAN (n=4)`, `KD`, plus non-default variant and varying extras."""
+    method = row.get("method", "")
+    label = METHOD_LABELS.get(method, str(method))
+    mode = row.get("mode", "")
+    if mode:
+        label += f" {str(mode).upper()}"
+    n = row.get("n_students", "")
+    if with_n is None:
+        with_n = method == "tcn" or (isinstance(n, int) and n != 1)
+    if with_n and n != "":
+        label += f" (n={n})"
+    tags = [f"{k}={row.get(k)}" for k in extra if row.get(k, "") != ""]
+    variant = row.get("variant", "")
+    if variant and variant != "default":
+        tags.insert(0, str(variant))
+    if tags:
+        label += " [" + "; ".join(tags) + "]"
+    return label
+
+
+def varying_extras(df: pd.DataFrame, base: tuple[str, ...] = BASE_KEYS) -> tuple[str, ...]:
+    """The extra key columns that take more than one value inside some base cell."""
+    out = []
+    for col in EXTRA_KEYS:
+        if col in df.columns and len(df) and (df.groupby(list(base), sort=False)[col].nunique(dropna=False) > 1).any():
+            out.append(col)
+    return tuple(out)
+
+
+def list_metric(df: pd.DataFrame, column: str) -> list[list[float]]:
+    """A list-valued metric per row ([] where missing)."""
+    if column not in df.columns:
+        return [[] for _ in range(len(df))]
+    out = []
+    for v in df[column]:
+        out.append([float("nan") if x is None else float(x) for x in v] if isinstance(v, (list, tuple)) else [])
+    return out
+
+
+def has_values(df: pd.DataFrame, column: str) -> bool:
+    return column in df.columns and pd.to_numeric(df[column], errors="coerce").notna().any()
+
+
+def numeric(df: pd.DataFrame, column: str) -> pd.Series:
+    if column not in df.columns:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[column], errors="coerce").astype(float)
+
+
+def deviations_of(results: Results, run_keys: Any) -> list[str]:
+    """Distinct deviations of the given runs with how many of them carry each, stably ordered."""
+    counts: Counter[str] = Counter()
+    keys = list(run_keys)
+    for k in keys:
+        for d in dict.fromkeys(results.deviations.get(k, [])):
+            counts[d] += 1
+    return [f"{d} ({c}/{len(keys)} runs)" for d, c in sorted(counts.items())]
+
+
+def substitutes_of(datasets: Any) -> list[str]:
+    out = []
+    for name in sorted(set(datasets), key=dataset_rank):
+        paper, why = paper_dataset(name)
+        if why:
+            out.append(f"`{name}` stands in for the paper's `{paper}`: {why}")
+    return out

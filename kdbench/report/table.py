@@ -1,0 +1,37 @@
+"""The value every table builder returns: what to show, the numbers behind it, and its protocol."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+
+@dataclass
+class Table:
+    """One report table. `display` (strings) is rendered to Markdown and LaTeX alike; `data` (tidy
+    numbers) goes to CSV; `notes` state the protocol (accuracy used, n, substitutes, deviations)."""
+
+    name: str  # file stem, e.g. "tcn_table3_accuracy"
+    title: str
+    display: pd.DataFrame
+    data: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Skipped:
+    """A table that could not be built from the records, and why (shown in the report, no crash)."""
+
+    name: str
+    title: str
+    reason: str
+
+
+@dataclass
+class Figure:
+    """A written figure (paths relative to the report directory) or a skipped one (reason set)."""
+
+    name: str
+    title: str
+    files: list[str] = field(default_factory=list)
+    reason: str = ""

@@ -1,0 +1,245 @@
+"""runner.run(RunSpec): data -> teacher (cached) -> targets (cached) -> method.fit -> evaluate ->
+measure -> RunRecord (JSON, atomic). A run that raises is recorded as failed; it never counts as done."""
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import store
+from .config import CODE_VERSION, RunSpec, run_key
+from .data.base import Split, Splits
+from .engine import accuracy, predict, resolve_device, seed_everything
+from .errors import KdbenchError
+from .measure import environment, latency_ms, peak_cuda_mb, peak_rss_mb
+from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
+from .teachers import Teacher, default_recipe, default_teacher, get_teacher, teacher_targets
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated spec with every default filled in, and its run key."""
+
+    spec: RunSpec
+    method: type[Method]
+    params: Any
+    schedule: Schedule
+    canonical: dict[str, Any]
+    key: str
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Validate a spec (one clear KdbenchError if impossible) and fill in the defaults."""
+    cls = get_method(spec.method)
+    params = build_params(cls, spec.params)
+    if spec.dataset is None:
+        raise KdbenchError("no dataset given")
+    from .data import DATASETS
+
+    DATASETS.get(spec.dataset)  # unknown dataset -> did-you-mean
+    teacher = spec.teacher
+    if cls.needs_teacher and teacher == "auto":
+        teacher = default_teacher(spec.dataset)
+    recipe = spec.teacher_recipe or (default_recipe(spec.dataset) if cls.needs_teacher else None)
+    if not cls.needs_teacher:
+        teacher, recipe = "none", None
+    val_fraction = spec.val_fraction if spec.val_fraction is not None else 0.1
+    if not 0.0 < val_fraction < 1.0:
+        raise KdbenchError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if spec.max_train is not None and spec.max_train < 1:
+        raise KdbenchError(f"max_train must be >= 1, got {spec.max_train}")
+    full = spec.replace(teacher=teacher, teacher_recipe=recipe, params=params_dict(params), val_fraction=val_fraction)
+    cls.validate(full, params)
+    default = cls.schedule(full, params)
+    schedule = dataclasses.replace(
+        default,
+        epochs=spec.epochs if spec.epochs is not None else default.epochs,
+        batch_size=spec.batch_size if spec.batch_size is not None else default.batch_size,
+        lr=spec.lr if spec.lr is not None else default.lr,
+    )
+    if schedule.epochs < 1 or schedule.batch_size < 1 or schedule.lr <= 0:
+        raise KdbenchError(f"epochs, batch size and lr must be positive (got {schedule.epochs}, {schedule.batch_size}, {schedule.lr})")
+    full = full.replace(epochs=schedule.epochs, batch_size=schedule.batch_size, lr=schedule.lr)
+    canonical = full.to_dict()
+    canonical["device"] = resolve_device(spec.device).type  # "auto" -> the device type that will run it
+    canonical["optimizer"] = schedule.optimizer
+    key = run_key(canonical)
+    return Resolved(full, cls, params, schedule, canonical, key)
+
+
+def _to_device(data: Splits, device: torch.device) -> Splits:
+    if device.type == "cpu":
+        return data
+    move = lambda s: Split(s.x.to(device), s.y.to(device))  # noqa: E731
+    return dataclasses.replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
+
+
+def load_data(spec: RunSpec, data_root: str | Path | None) -> Splits:
+    from .data import load_dataset
+
+    return load_dataset(spec.dataset, data_root, val_fraction=spec.val_fraction, split_seed=spec.split_seed, max_train=spec.max_train)
+
+
+def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teacher | None, progress: bool | None, timings: dict[str, float]) -> Context:
+    from .models import budget_student, create_model
+
+    spec = r.spec
+    cache: dict[str, Targets] = {}
+
+    def targets(split: str) -> Targets:
+        if teacher is None:
+            raise KdbenchError(f"method '{spec.method}' asked for teacher targets but has no teacher")
+        if split not in cache:
+            cache[split], seconds = teacher_targets(teacher, data, split, device)
+            timings["targets_time_s"] = timings.get("targets_time_s", 0.0) + seconds
+        return cache[split]
+
+    def make_model(name: str, **kw: Any) -> nn.Module:
+        return create_model(name, data.spec, **kw).to(device)
+
+    def make_student(out_features: int | None = None, n_students: int | None = None, arch: str | None = None) -> nn.Module:
+        arch = arch or spec.student
+        n = n_students if n_students is not None else spec.n_students
+        if arch == "auto":
+            model, _ = budget_student(data.spec, n_students=n, out_features=out_features or data.spec.num_classes, family=spec.budget)
+            return model.to(device)
+        kw = {"out_features": out_features} if out_features is not None else {}
+        return make_model(arch, **kw)
+
+    return Context(spec=spec, data=data, device=device, schedule=r.schedule, teacher=teacher.model if teacher else None,
+                   targets=targets, make_student=make_student, make_model=make_model, progress=progress)
+
+
+def evaluate(fit: FitResult, data: Splits) -> dict[str, Any]:
+    """Test accuracy at the last and at the val-best epoch (selected on val, never on test)."""
+    model = fit.predictor
+    out: dict[str, Any] = {}
+    k5 = data.spec.num_classes > 5
+    for tag, state in (("", fit.last_state), ("_valbest", fit.valbest_state)):
+        model.load_state_dict(state)
+        logits = predict(model, data.test.x)
+        out[f"test_acc{tag}"] = accuracy(logits, data.test.y)
+        if k5:
+            out[f"test_top5{tag}"] = accuracy(logits, data.test.y, k=5)
+    out["val_acc"] = accuracy(predict(model, data.val.x), data.val.y)  # at the selected (val-best) state
+    return out
+
+
+def measure(fit: FitResult, data: Splits, teacher: Teacher | None, device: torch.device, latency: bool = True) -> dict[str, Any]:
+    from .models import count_macs, count_params
+
+    m: dict[str, Any] = {}
+    spec_in = data.spec
+    m["params"] = count_params(fit.predictor)
+    m["macs"] = count_macs(fit.predictor, spec_in)
+    m["flops"] = 2 * m["macs"]
+    students = fit.parts.get("students")
+    if students:
+        m["params_per_student"] = [count_params(s) for s in students]
+        m["macs_per_student"] = [count_macs(s, spec_in) for s in students]
+        m["flops_per_student"] = [2 * v for v in m["macs_per_student"]]
+    if teacher is not None:
+        m["teacher_params"] = count_params(teacher.model)
+        m["teacher_macs"] = count_macs(teacher.model, spec_in)
+        m["teacher_flops"] = 2 * m["teacher_macs"]
+        m["teacher_test_acc"] = teacher.info.get("metrics", {}).get("test_acc")
+        m["teacher_val_acc"] = teacher.info.get("metrics", {}).get("val_acc")
+    if latency:
+        example = data.test.x[:1]
+        m["latency_ms_b1"] = latency_ms(fit.predictor, example, 1, device)
+        m["latency_ms_b256"] = latency_ms(fit.predictor, example, 256, device)
+        extra = fit.parts.get("latency_fn")
+        if extra is not None:  # method-specific variants (TCN: sequential / fused / parallel)
+            m["latency"] = extra(example, device)
+            if teacher is not None:
+                for b in ("b1", "b256"):
+                    m["latency"].setdefault(b, {})["teacher"] = latency_ms(teacher.model, example, int(b[1:]), device)
+    return m
+
+
+def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | None = None, latency: bool = True,
+        resolved: Resolved | None = None) -> dict[str, Any]:
+    """Execute one run and return its record (status ok). Raises on failure; `execute` records failures."""
+    r = resolved or resolve(spec)
+    device = resolve_device(r.spec.device)
+    timings: dict[str, float] = {}
+    data = _to_device(load_data(r.spec, data_root), device)
+    teacher = None
+    deviations = list(data.info.get("deviations", []))
+    if r.method.needs_teacher:
+        t0 = time.perf_counter()
+        teacher = resolve_teacher(r.spec, data, device, progress)
+        timings["teacher_time_s"] = teacher.info.get("metrics", {}).get("train_time_s", 0.0)
+        timings["teacher_load_s"] = time.perf_counter() - t0
+    ctx = build_context(r, data, device, teacher, progress, timings)
+    seed_everything(r.spec.seed)
+    method = r.method(r.params)
+    t0 = time.perf_counter()
+    fit = method.fit(ctx)
+    train_time = time.perf_counter() - t0 - timings.get("targets_time_s", 0.0)
+    metrics: dict[str, Any] = evaluate(fit, data)
+    metrics["train_time_s"] = train_time
+    metrics.update(timings)
+    metrics.update(fit.metrics)
+    if fit.history:
+        metrics.setdefault("epochs_run", len(fit.history))
+        metrics.setdefault("epoch_time_s", sum(h.get("time_s", 0.0) for h in fit.history) / len(fit.history))
+    metrics.update(measure(fit, data, teacher, device, latency))
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    metrics["peak_cuda_mb"] = peak_cuda_mb()
+    deviations += ctx.deviations
+    return {
+        "run_key": r.key, "status": "ok", "spec": {**r.canonical, "params_changed": params_changed(r.method, r.params)},
+        "metrics": metrics, "history": fit.history, "deviations": deviations,
+        "data": {k: v for k, v in data.info.items() if k != "deviations"},
+        "teacher": {"key": teacher.key, **{k: v for k, v in teacher.info.items() if k != "metrics"}} if teacher else None,
+        "env": environment(device), "code_version": CODE_VERSION,
+    }
+
+
+def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress: bool | None) -> Teacher:
+    from .models import create_model
+    from .teachers import import_teacher
+
+    def build(arch: str) -> nn.Module:
+        return create_model(arch, data.spec).to(device)
+
+    if spec.teacher.startswith("file:"):
+        arch_path = spec.teacher[5:]
+        arch, _, path = arch_path.partition("=") if "=" in arch_path else (default_teacher(spec.dataset), "", arch_path)
+        return import_teacher(Path(path), arch, data, device, build)
+    return get_teacher(spec.teacher, data, spec.teacher_recipe, device, build, progress)
+
+
+def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,
+            latency: bool = True, resolved: Resolved | None = None) -> dict[str, Any]:
+    """Run and write the record; failures are written as `status: failed` with the error."""
+    r = resolved or resolve(spec)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record
+        record = {
+            "run_key": r.key, "status": "failed", "spec": {**r.canonical, "params_changed": params_changed(r.method, r.params)},
+            "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20),
+                      **({"epoch": exc.epoch} if hasattr(exc, "epoch") else {})},
+            "metrics": {}, "env": environment(), "code_version": CODE_VERSION,
+        }
+    record["started_at"] = started
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    store.write_record(Path(out_dir), record)
+    return record
+
+
+def spec_from_record(record: dict[str, Any]) -> RunSpec:
+    """The RunSpec that reproduces a record (`kdbench run --from-record`)."""
+    return RunSpec.from_dict(record["spec"])

@@ -1,0 +1,1 @@
+"""kdbench's distillation methods, one module each; every module registers its method on import."""
