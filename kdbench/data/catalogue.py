@@ -66,6 +66,7 @@ class DatasetEntry:
     accepts: Callable[[Path], bool] | None = None  # is this existing path a usable copy?
     header_sizes: Callable[[Path | None], dict[str, int] | None] | None = None  # cheap sizes for the table
     downloader: Callable[[Path], None] | None = None
+    sources: Callable[[Path], list[Path]] | None = None  # files whose size/mtime key the cache (default: the path)
     deviations: tuple[str, ...] = ()
     cache: bool = True
 
@@ -107,6 +108,7 @@ def register_dataset(
     accepts: Callable[[Path], bool] | None = None,
     header_sizes: Callable[[Path | None], dict[str, int] | None] | None = None,
     downloader: Callable[[Path], None] | None = None,
+    sources: Callable[[Path], list[Path]] | None = None,
     deviations: Sequence[str] = (),
     cache: bool = True,
 ) -> Callable[[DecodeFn], DecodeFn]:
@@ -119,7 +121,7 @@ def register_dataset(
             name=name, description=description, modality=modality, how_to_get=how_to_get,
             paths=tuple(paths), decode=fn, assemble=assemble or image_assemble, num_classes=num_classes,
             options=dict(options or {}), accepts=accepts, header_sizes=header_sizes, downloader=downloader,
-            deviations=tuple(deviations), cache=cache,
+            sources=sources, deviations=tuple(deviations), cache=cache,
         ))
         return fn
 

@@ -35,3 +35,19 @@ class Figure:
     title: str
     files: list[str] = field(default_factory=list)
     reason: str = ""
+
+
+@dataclass
+class Report:
+    """A whole report: protocol lines, overview, tables (and skipped ones), figures, appendix tables."""
+
+    title: str
+    protocol: list[str]
+    tables: list[Table]
+    skipped: list[Skipped] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    overview: list[Table] = field(default_factory=list)  # runs per cell
+    appendix: list[Table] = field(default_factory=list)  # environment, deviations
+
+    def all_tables(self) -> list[Table]:
+        return [*self.overview, *self.tables, *self.appendix]

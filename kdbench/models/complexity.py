@@ -1,0 +1,52 @@
+"""Parameter and multiply-add counts; kdbench reports `flops = 2 * macs` (fvcore counts one per MAC)."""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..data.base import DataSpec
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters (trainable or frozen), shared ones once, as the papers count them."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _example_input(model: nn.Module, shape: DataSpec | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    if isinstance(shape, torch.Tensor):
+        return shape
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if isinstance(shape, DataSpec):
+        dtype = torch.long if shape.modality == "text" else torch.float32
+        return torch.zeros((1, *shape.input_shape), dtype=dtype, device=device)
+    return torch.zeros((1, *shape), dtype=torch.float32, device=device)
+
+
+def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] | torch.Tensor) -> int:
+    """Multiply-adds of one sample's forward pass in eval mode, counted by fvcore.
+
+    `spec_or_input_shape`: a DataSpec (text specs give int64 ids), a per-sample shape (float input),
+    or an explicit example batch. Ops fvcore does not count (activations, pooling, embedding) are 0."""
+    from fvcore.nn import FlopCountAnalysis
+
+    x = _example_input(model, spec_or_input_shape)
+    was_training = model.training
+    model.eval()
+    fv_logger = logging.getLogger("fvcore")
+    old_level = fv_logger.level
+    fv_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(model, (x,))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            total = int(analysis.total())
+    finally:
+        fv_logger.setLevel(old_level)
+        model.train(was_training)
+    return total // int(x.shape[0]) if x.shape[0] > 1 else total

@@ -1,0 +1,115 @@
+"""Local weights: safetensors or plain torch files, loaded without running pickled code.
+
+Accepts DataParallel (`module.`) / torch.compile (`_orig_mod.`) prefixes and `{'state_dict': ...}`
+wrappers; any mismatch is one readable line naming the keys or the first shape that differs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import KdbenchError
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+_PREFIXES = ("module.", "_orig_mod.")
+_SHOWN = 5
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensor dict of a weights file on CPU, unwrapped and with wrapper prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdbenchError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or pickled code refused by weights_only
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KdbenchError(f"cannot read weights {path}: {msg}") from None
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict):
+        raise KdbenchError(f"weights {path} hold a {type(obj).__name__}, not a state dict")
+    state = {_strip(str(k)): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise KdbenchError(f"weights {path} contain no tensors (top-level keys: {', '.join(map(str, list(obj)[:_SHOWN]))})")
+    return state
+
+
+def _listing(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def module_prefix(model: nn.Module, sub: nn.Module) -> str | None:
+    """Qualified name of `sub` inside `model` ('' for the model itself), None if absent."""
+    return next((name for name, m in model.named_modules() if m is sub), None)
+
+
+def load_state_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint", drop_prefix: str | None = None
+) -> list[str]:
+    """Load `state` strictly; keys under `drop_prefix` whose shapes differ are dropped (kept at init).
+
+    Buffers counting BN batches (`num_batches_tracked`) may be absent from old checkpoints."""
+    target = model.state_dict()
+    dropped: list[str] = []
+    if drop_prefix is not None:
+        for k in [k for k in state if k.startswith(drop_prefix)]:
+            if k not in target or tuple(state[k].shape) != tuple(target[k].shape):
+                dropped.append(k)
+                del state[k]
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if k not in dropped]
+    unexpected = [k for k in state if k not in target]
+    where = f"weights {source} do not fit {type(model).__name__}"
+    if missing or unexpected:
+        parts = ([f"missing keys {_listing(missing)}"] if missing else []) + (
+            [f"unexpected keys {_listing(unexpected)}"] if unexpected else []
+        )
+        raise KdbenchError(f"{where}: {'; '.join(parts)}")
+    for k, v in target.items():
+        if k in state and tuple(state[k].shape) != tuple(v.shape):
+            raise KdbenchError(f"{where}: {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}")
+    model.load_state_dict(state, strict=False)
+    return dropped
+
+
+def load_weights(model: nn.Module, path: str | Path, *, drop_mismatched_classifier: bool = False) -> dict[str, Any]:
+    """Load a local weights file into `model` (strict), returning what was done.
+
+    `drop_mismatched_classifier`: a final classifier whose shape differs (another class count) keeps its
+    fresh initialisation instead of failing; the dropped keys are reported."""
+    state = read_state_dict(path)
+    prefix = None
+    if drop_mismatched_classifier:
+        from .dense import dense_view
+
+        name = module_prefix(model, dense_view(model).classifier)
+        prefix = f"{name}." if name else None
+    dropped = load_state_checked(model, state, source=str(path), drop_prefix=prefix)
+    return {
+        "path": str(path),
+        "format": "safetensors" if Path(path).suffix == ".safetensors" else "torch",
+        "tensors": len(state),
+        "dropped": dropped,
+    }

@@ -1,0 +1,204 @@
+"""Markdown and LaTeX (booktabs) from the same display frame, and CSV from the numbers.
+
+Renderers are pure functions of a Table, so the same records always give the same bytes."""
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..registry import Registry
+from ..store import atomic_write_text
+from .table import Report, Table
+
+# ------------------------------------------------------------------------------------- Markdown
+
+
+def _md_cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub pipe table; text columns left-aligned, the rest right-aligned."""
+    cols = [str(c) for c in frame.columns]
+    rows = [[_md_cell(v) for v in r] for r in frame.itertuples(index=False, name=None)]
+    align = []
+    for j, _ in enumerate(cols):
+        numeric_like = rows and all(re.match(r"^[-+<]?\d", r[j] or "0") for r in rows)
+        align.append("---:" if numeric_like and j > 0 else ":---")
+    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(table: Table, level: int = 3) -> str:
+    """Title, table and its notes as a Markdown section."""
+    parts = [f"{'#' * level} {table.title}", "", markdown_table(table.display), ""]
+    if table.notes:
+        parts += [f"- {n}" for n in table.notes] + [""]
+    return "\n".join(parts)
+
+
+def markdown_report(report: Report) -> str:
+    """The whole report.md, in a fixed section order (no timestamps: regenerating gives the same bytes)."""
+    out = [f"# {report.title}", "", "## Protocol", ""]
+    out += [f"- {p}" for p in report.protocol] + [""]
+    if report.overview:
+        out += ["## Runs", ""] + [markdown(t) for t in report.overview]
+    out += ["## Tables", ""]
+    out += [markdown(t) for t in report.tables]
+    if report.skipped:
+        out += ["### Skipped tables", ""]
+        out += [f"- {s.title}: {s.reason}" for s in report.skipped] + [""]
+    if report.figures:
+        out += ["## Figures", ""]
+        for f in report.figures:
+            if f.reason:
+                out += [f"- {f.title}: skipped, {f.reason}", ""]
+                continue
+            png = [p for p in f.files if p.endswith(".png")]
+            others = [p for p in f.files if not p.endswith(".png")]
+            out += [f"### {f.title}", ""]
+            out += [f"![{f.title}]({p})" for p in png]
+            if others:
+                out += ["", "Also as " + ", ".join(f"[{Path(p).suffix[1:].upper()}]({p})" for p in others) + "."]
+            out += [""]
+    if report.appendix:
+        out += ["## Appendix", ""] + [markdown(t) for t in report.appendix]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------------------- LaTeX
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+_LATEX_UNICODE = {"±": r"$\pm$", "†": r"\textsuperscript{\dag}", "–": "--", "—": "---", "−": "-",
+                  "×": r"$\times$", "≤": r"$\le$", "≥": r"$\ge$", "Δ": r"$\Delta$", "≈": r"$\approx$",
+                  "→": r"$\to$", "·": r"$\cdot$", "µ": r"$\mu$", "…": r"\ldots{}", "’": "'", "‘": "`",
+                  "“": "``", "”": "''"}
+
+
+def latex_escape(text: object) -> str:
+    """Escape LaTeX specials; map known symbols; transliterate other non-ASCII (never a compile error)."""
+    out = []
+    for ch in "" if text is None else str(text):
+        if ch in _LATEX_SPECIAL:
+            out.append(_LATEX_SPECIAL[ch])
+        elif ch in _LATEX_UNICODE:
+            out.append(_LATEX_UNICODE[ch])
+        elif ch == "`":
+            out.append(r"\textasciigrave{}")
+        elif ord(ch) < 128:
+            out.append(ch)
+        else:
+            ascii_ = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+            out.append(latex_escape(ascii_) if ascii_ else "?")
+    return "".join(out)
+
+
+def _latex_inline(text: str) -> str:
+    """Notes use Markdown `code`; in LaTeX that becomes \\texttt{...}."""
+    pieces = re.split(r"`([^`]*)`", text)
+    return "".join(r"\texttt{" + latex_escape(p) + "}" if i % 2 else latex_escape(p) for i, p in enumerate(pieces))
+
+
+def latex_tabular(frame: pd.DataFrame) -> str:
+    """A booktabs tabular of a display frame (first column left, others right)."""
+    spec = "l" + "r" * (len(frame.columns) - 1)
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
+    for r in frame.itertuples(index=False, name=None):
+        lines.append(" & ".join(latex_escape(v) for v in r) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def latex(table: Table) -> str:
+    """An includable `table` float: caption, booktabs tabular shrunk to the line width if wider, notes."""
+    label = re.sub(r"[^A-Za-z0-9:-]", "-", table.name)
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
+             rf"\caption{{{_latex_inline(table.title)}}}", rf"\label{{tab:{label}}}",
+             r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+             latex_tabular(table.display) + "%", "}"]
+    if table.notes:
+        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
+        lines += [_latex_inline(n) + r"\par" for n in table.notes]
+        lines += [r"\end{minipage}"]
+    lines += [r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
+\usepackage[T1]{fontenc}
+\usepackage[utf8]{inputenc}
+\usepackage[a4paper,landscape,margin=1.5cm]{geometry}
+\usepackage{booktabs}
+\usepackage{graphicx}
+\setcounter{topnumber}{4}
+\setcounter{totalnumber}{6}
+\renewcommand{\topfraction}{0.95}
+\renewcommand{\textfraction}{0.05}
+\renewcommand{\floatpagefraction}{0.6}
+"""
+
+
+def latex_document(title: str, tables: list[Table], intro: list[str] = ()) -> str:
+    """A standalone document holding every table (compiles with pdflatex and texlive-latex-recommended)."""
+    body = [LATEX_PREAMBLE, r"\begin{document}", rf"\section*{{{latex_escape(title)}}}"]
+    body += [_latex_inline(p) + r"\par" for p in intro]
+    for i, t in enumerate(tables):
+        body.append(latex(t))
+        if i % 3 == 2:  # flush floats now and then: never "too many unprocessed floats"
+            body.append(r"\clearpage")
+    body += [r"\end{document}", ""]
+    return "\n".join(body)
+
+
+# ------------------------------------------------------------------------------------------ CSV
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """Stable CSV: fixed float format, Unix newlines, no index."""
+    return frame.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+
+
+# ------------------------------------------------------------------------------- format registry
+
+Writer = Callable[[Path, Report], list[Path]]
+FORMATS: Registry[Writer] = Registry("report format")
+
+
+@FORMATS.register("md")
+def write_markdown(out: Path, report: Report) -> list[Path]:
+    """report.md: protocol, runs, tables with notes, skipped tables, figures, environment, deviations."""
+    p = out / "report.md"
+    atomic_write_text(p, markdown_report(report))
+    return [p]
+
+
+@FORMATS.register("latex")
+def write_latex(out: Path, report: Report) -> list[Path]:
+    """tables.tex (standalone document) plus one includable tables/<name>.tex per table."""
+    paths = []
+    for t in report.all_tables():
+        p = out / "tables" / f"{t.name}.tex"
+        atomic_write_text(p, latex(t))
+        paths.append(p)
+    doc = out / "tables.tex"
+    atomic_write_text(doc, latex_document(report.title, report.all_tables(), report.protocol))
+    return [doc, *paths]
+
+
+@FORMATS.register("csv")
+def write_csv(out: Path, report: Report) -> list[Path]:
+    """tables/<name>.csv: the numbers behind each table (means, CI bounds, n, p-values)."""
+    paths = []
+    for t in report.all_tables():
+        p = out / "tables" / f"{t.name}.csv"
+        atomic_write_text(p, csv_text(t.data))
+        paths.append(p)
+    return paths
