@@ -8,6 +8,7 @@ progress bars and per-epoch history.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import sys
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from .errors import DivergenceError
 
 LossDict = dict[str, torch.Tensor]
+log = logging.getLogger("kdbench.train")
 
 
 @dataclass
@@ -155,6 +157,7 @@ def train(
             else:  # no validation: the last epoch is the selected one
                 best_epoch, best_state = epoch, {name: snapshot(m) for name, m in modules.items()}
             history.append(row)
+            log.info("%s epoch %d/%d: %s", desc, epoch, epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
     finally:
         bar.close()

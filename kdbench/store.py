@@ -108,6 +108,8 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
     row["variant"] = variant_label(spec)
     row["error"] = (rec.get("error") or {}).get("message") if rec["status"] != "ok" else None
     for name, value in (rec.get("metrics") or {}).items():
+        if name in row:  # spec columns win over a metric of the same name
+            name = f"metric.{name}"
         if isinstance(value, dict):
             for sub, v in _flatten(value, name):
                 row[sub] = v

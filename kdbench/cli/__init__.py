@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="kdbench", description="Knowledge-distillation benchmark: train, sweep, measure, report.")
     parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log one line per training epoch")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -41,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         if not getattr(args, "command", None):
             parser.print_help()
             return 0

@@ -154,9 +154,15 @@ def cached_decode(dataset: str, variant: Mapping[str, Any], sources: Sequence[Pa
     """Decoded arrays of `dataset` from the cache, building (and storing) them when the entry is
     missing, stale or corrupt. Returns (decoded with memory-mapped arrays, "hit" | "built")."""
     d = entry_dir(dataset, variant)
-    d.parent.mkdir(parents=True, exist_ok=True)
     source = fingerprint(sources)
-    with FileLock(str(d) + ".lock", timeout=_LOCK_TIMEOUT_S):
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(d) + ".lock", timeout=_LOCK_TIMEOUT_S)
+        lock.acquire()
+    except OSError as e:  # read-only or missing cache folder: still load, just without caching
+        warnings.warn(f"dataset cache {d.parent} is not usable ({e}); decoding without a cache", stacklevel=3)
+        return build(), "off"
+    try:
         side = read_sidecar(d)
         if side is not None and side.get("variant") == json.loads(json.dumps(dict(variant), default=str)):
             if side.get("source") != source:
@@ -169,10 +175,16 @@ def cached_decode(dataset: str, variant: Mapping[str, Any], sources: Sequence[Pa
         elif (d / SIDECAR).exists():
             warnings.warn(f"unreadable cache sidecar {d / SIDECAR}; rebuilding the entry", CacheCorruptionWarning, stacklevel=3)
         decoded = build()
-        _write_entry(d, decoded, variant, source)
+        try:
+            _write_entry(d, decoded, variant, source)
+        except OSError as e:  # disk full, read-only: the decoded arrays are still good
+            warnings.warn(f"could not write cache entry {d} ({e}); using the arrays uncached", stacklevel=3)
+            return decoded, "off"
         side = read_sidecar(d)
         assert side is not None
         return Decoded(_load_verified(d, side), dict(side.get("meta", {}))), "built"
+    finally:
+        lock.release()
 
 
 def cached_meta(dataset: str, variant: Mapping[str, Any], sources: Sequence[Path]) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ Adding a dataset is one `@register_dataset(...)` function in a module by format.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class DatasetEntry:
     header_sizes: Callable[[Path | None], dict[str, int] | None] | None = None  # cheap sizes for the table
     downloader: Callable[[Path], None] | None = None
     sources: Callable[[Path], list[Path]] | None = None  # files whose size/mtime key the cache (default: the path)
+    package: str | None = None  # for entries without paths: the Python package the data ships in
     deviations: tuple[str, ...] = ()
     cache: bool = True
 
@@ -91,8 +93,9 @@ def image_assemble(entry: DatasetEntry, decoded: Decoded, options: Mapping[str, 
     a = decoded.arrays
     spec = DataSpec(input_shape=tuple(int(s) for s in a["train_x"].shape[1:]), num_classes=entry.num_classes,
                     modality="image")
+    info = {"test_split": decoded.meta["test_split"]} if "test_split" in decoded.meta else {}
     return Pool(a["train_x"], a["train_y"], a["test_x"], a["test_y"], spec,
-                scale=float(decoded.meta.get("scale", 255.0)))
+                scale=float(decoded.meta.get("scale", 255.0)), info=info)
 
 
 def register_dataset(
@@ -109,6 +112,7 @@ def register_dataset(
     header_sizes: Callable[[Path | None], dict[str, int] | None] | None = None,
     downloader: Callable[[Path], None] | None = None,
     sources: Callable[[Path], list[Path]] | None = None,
+    package: str | None = None,
     deviations: Sequence[str] = (),
     cache: bool = True,
 ) -> Callable[[DecodeFn], DecodeFn]:
@@ -121,7 +125,7 @@ def register_dataset(
             name=name, description=description, modality=modality, how_to_get=how_to_get,
             paths=tuple(paths), decode=fn, assemble=assemble or image_assemble, num_classes=num_classes,
             options=dict(options or {}), accepts=accepts, header_sizes=header_sizes, downloader=downloader,
-            sources=sources, deviations=tuple(deviations), cache=cache,
+            sources=sources, package=package, deviations=tuple(deviations), cache=cache,
         ))
         return fn
 
@@ -165,8 +169,13 @@ def default_download_root(data_root: str | Path | None = None) -> Path:
     return Path.home() / ".cache" / "kdbench" / "data"
 
 
+def package_available(entry: DatasetEntry) -> bool:
+    """For an entry without paths: is the package that ships its data importable?"""
+    return entry.package is None or importlib.util.find_spec(entry.package) is not None
+
+
 def locate(entry: DatasetEntry, data_root: str | Path | None = None) -> tuple[Path, Path] | None:
-    """(root, path) of the first usable copy of `entry`, or None. Entries without paths never need one."""
+    """(root, path) of the first usable copy of `entry`, or None (always None for entries without paths)."""
     for root in data_roots(data_root):
         for rel in entry.paths:
             p = root / rel
@@ -182,6 +191,9 @@ def locate(entry: DatasetEntry, data_root: str | Path | None = None) -> tuple[Pa
 
 
 def missing_message(entry: DatasetEntry, data_root: str | Path | None = None) -> str:
+    """One line: what was looked for, where, and the exact way to get it."""
+    if not entry.needs_root:
+        return f"dataset '{entry.name}' needs the Python package {entry.package!r}: {entry.how_to_get}"
     roots = ", ".join(str(r) for r in data_roots(data_root))
     looked = " or ".join(entry.paths)
     return (f"dataset '{entry.name}' not found: looked for {looked} under {roots}; "

@@ -48,17 +48,17 @@ def to_ranks(docs: Sequence[Sequence[str]], ranks: dict[str, int]) -> tuple[np.n
     return flat, lengths
 
 
-def encode_corpus(train_texts: Sequence[str], test_texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Stage 1 for a train/test corpus: arrays train_tokens, train_lengths, test_tokens, test_lengths,
-    plus `vocab` (the ranked words, UTF-8, newline-separated, as uint8) for inspection."""
+def encode_corpus(train_texts: Sequence[str], **other_splits: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
+    """Stage 1: arrays `<split>_tokens`, `<split>_lengths` for train and every other split, ranked on
+    train only, plus `vocab` (ranked words, UTF-8, newline-separated, uint8); and the vocabulary size."""
     train_docs = [tokenize(t) for t in train_texts]
-    test_docs = [tokenize(t) for t in test_texts]
     ranks = rank_vocabulary(train_docs)
     out: dict[str, np.ndarray] = {}
     out["train_tokens"], out["train_lengths"] = to_ranks(train_docs, ranks)
-    out["test_tokens"], out["test_lengths"] = to_ranks(test_docs, ranks)
-    out["vocab"] = np.frombuffer("\n".join(ranks).encode("utf-8"), dtype=np.uint8)
-    return out
+    for split, texts in other_splits.items():
+        out[f"{split}_tokens"], out[f"{split}_lengths"] = to_ranks([tokenize(t) for t in texts], ranks)
+    out["vocab"] = np.frombuffer("\n".join(ranks).encode("utf-8"), dtype=np.uint8).copy()
+    return out, len(ranks)
 
 
 def vocabulary(vocab_bytes: np.ndarray) -> list[str]:

@@ -32,8 +32,6 @@ def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] |
 
     `spec_or_input_shape`: a DataSpec (text specs give int64 ids), a per-sample shape (float input),
     or an explicit example batch. Ops fvcore does not count (activations, pooling, embedding) are 0."""
-    from fvcore.nn import FlopCountAnalysis
-
     x = _example_input(model, spec_or_input_shape)
     was_training = model.training
     model.eval()
@@ -42,7 +40,9 @@ def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] |
     fv_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # fvcore's import and the jit tracer warn on every call
+            from fvcore.nn import FlopCountAnalysis
+
             analysis = FlopCountAnalysis(model, (x,))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             total = int(analysis.total())

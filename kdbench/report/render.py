@@ -22,14 +22,20 @@ def _md_cell(value: object) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def numeric_columns(frame: pd.DataFrame) -> list[bool]:
+    """Which columns hold numbers (cells start with a digit, sign or `<`; empty cells allowed)."""
+    out = []
+    for j in range(len(frame.columns)):
+        cells = ["" if v is None else str(v) for v in frame.iloc[:, j]]
+        out.append(j > 0 and any(cells) and all(re.match(r"^[-+<]?\d", c) for c in cells if c))
+    return out
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub pipe table; text columns left-aligned, the rest right-aligned."""
+    """A GitHub pipe table; number columns right-aligned, text left-aligned."""
     cols = [str(c) for c in frame.columns]
     rows = [[_md_cell(v) for v in r] for r in frame.itertuples(index=False, name=None)]
-    align = []
-    for j, _ in enumerate(cols):
-        numeric_like = rows and all(re.match(r"^[-+<]?\d", r[j] or "0") for r in rows)
-        align.append("---:" if numeric_like and j > 0 else ":---")
+    align = ["---:" if num else ":---" for num in numeric_columns(frame)]
     lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -107,29 +113,52 @@ def _latex_inline(text: str) -> str:
     return "".join(r"\texttt{" + latex_escape(p) + "}" if i % 2 else latex_escape(p) for i, p in enumerate(pieces))
 
 
+INCLUDE_HEADER = "% kdbench table; needs \\usepackage{booktabs,graphicx,longtable} (see ../tables.tex)\n"
+LONG_TABLE_ROWS = 30  # longer tables break across pages (longtable) instead of floating
+
+
+def _latex_spec(frame: pd.DataFrame) -> str:
+    return "".join("r" if num else "l" for num in numeric_columns(frame))
+
+
+def _latex_rows(frame: pd.DataFrame) -> list[str]:
+    return [" & ".join(latex_escape(v) for v in r) + r" \\" for r in frame.itertuples(index=False, name=None)]
+
+
+def _latex_header(frame: pd.DataFrame) -> str:
+    return " & ".join(latex_escape(c) for c in frame.columns) + r" \\"
+
+
 def latex_tabular(frame: pd.DataFrame) -> str:
-    """A booktabs tabular of a display frame (first column left, others right)."""
-    spec = "l" + "r" * (len(frame.columns) - 1)
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
-    for r in frame.itertuples(index=False, name=None):
-        lines.append(" & ".join(latex_escape(v) for v in r) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    """A booktabs tabular of a display frame (text columns left, number columns right)."""
+    lines = [rf"\begin{{tabular}}{{{_latex_spec(frame)}}}", r"\toprule", _latex_header(frame), r"\midrule",
+             *_latex_rows(frame), r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 
 
+def _latex_notes(notes: list[str]) -> list[str]:
+    if not notes:
+        return []
+    return [r"\par\smallskip\noindent", r"\begin{minipage}{\linewidth}\footnotesize",
+            *[_latex_inline(n) + r"\par" for n in notes], r"\end{minipage}"]
+
+
 def latex(table: Table) -> str:
-    """An includable `table` float: caption, booktabs tabular shrunk to the line width if wider, notes."""
+    """An includable table: a `table` float (tabular shrunk to the line width if wider) with caption and
+    notes, or for long tables a `longtable` that breaks across pages (header repeated)."""
     label = re.sub(r"[^A-Za-z0-9:-]", "-", table.name)
-    lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
-             rf"\caption{{{_latex_inline(table.title)}}}", rf"\label{{tab:{label}}}",
+    caption = rf"\caption{{{_latex_inline(table.title)}}}\label{{tab:{label}}}"
+    if len(table.display) > LONG_TABLE_ROWS:
+        frame = table.display
+        lines = [r"\begingroup\footnotesize\setlength{\tabcolsep}{4pt}",
+                 rf"\begin{{longtable}}{{{_latex_spec(frame)}}}", caption + r" \\", r"\toprule",
+                 _latex_header(frame), r"\midrule", r"\endfirsthead", r"\toprule", _latex_header(frame),
+                 r"\midrule", r"\endhead", r"\bottomrule", r"\endlastfoot", *_latex_rows(frame),
+                 r"\end{longtable}", r"\endgroup", *_latex_notes(table.notes), r"\par\bigskip", ""]
+        return "\n".join(lines)
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small", caption,
              r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
-             latex_tabular(table.display) + "%", "}"]
-    if table.notes:
-        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
-        lines += [_latex_inline(n) + r"\par" for n in table.notes]
-        lines += [r"\end{minipage}"]
-    lines += [r"\end{table}", ""]
+             latex_tabular(table.display) + "%", "}", *_latex_notes(table.notes), r"\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -138,6 +167,7 @@ LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage[utf8]{inputenc}
 \usepackage[a4paper,landscape,margin=1.5cm]{geometry}
 \usepackage{booktabs}
+\usepackage{longtable}
 \usepackage{graphicx}
 \setcounter{topnumber}{4}
 \setcounter{totalnumber}{6}
@@ -186,7 +216,7 @@ def write_latex(out: Path, report: Report) -> list[Path]:
     paths = []
     for t in report.all_tables():
         p = out / "tables" / f"{t.name}.tex"
-        atomic_write_text(p, latex(t))
+        atomic_write_text(p, INCLUDE_HEADER + latex(t))
         paths.append(p)
     doc = out / "tables.tex"
     atomic_write_text(doc, latex_document(report.title, report.all_tables(), report.protocol))

@@ -1,0 +1,196 @@
+"""The Python API, mirroring the CLI: `sweep(...)` is `kdbench sweep`, `run(...)` is `kdbench run`,
+`load_results(dir)` reads a results directory into pandas.
+
+    import kdbench
+    res = kdbench.sweep(["student", "kd", "tcn"], dataset="mnist", students=[1, 2, 4, 8],
+                        mode=["ff", "gan"], seeds=3, out="results/mine", workers=2)
+    res.df            # one row per ok run
+    res.summary()     # mean ± std per (method, mode, n)
+    kdbench.load_results("results/mine")
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from . import store
+from .config import RunSpec
+from .errors import KdbenchError
+from .store import load_results
+from .sweep import DEFAULT_OUT, PlannedRun, SweepSpec, plan, plan_table, summary_table
+
+__all__ = ["sweep", "run", "load_results", "SweepResult"]
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: its plan, the records of its runs (already-done ones included), counts."""
+
+    out_dir: Path
+    spec: SweepSpec
+    planned: list[PlannedRun]
+    records: list[dict[str, Any]]
+    ran: int = 0
+    skipped: int = 0
+    dry_run: bool = False
+    report_dir: Path | None = None
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("status") != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        """Every planned run has an ok record."""
+        return not self.dry_run and not self.failed and len(self.records) == len(self.planned)
+
+    def frame(self, include_failed: bool = False) -> pd.DataFrame:
+        """The sweep's records as a tidy DataFrame (the same rows `load_results` gives)."""
+        rows = [store.record_to_row(r) for r in self.records if include_failed or r.get("status") == "ok"]
+        return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_key", "status", *store.SPEC_COLUMNS, "variant"])
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self.frame()
+
+    def summary(self, metric: str = "test_acc_valbest") -> pd.DataFrame:
+        return summary_table(self.records, metric)
+
+    def plan_table(self) -> pd.DataFrame:
+        return plan_table(self.planned)
+
+
+def resolve_out(spec: SweepSpec, out: str | Path | None) -> Path:
+    """--out, else the config's `out`, else results/<preset name>, else results/runs; never an existing file."""
+    path = Path(out or spec.out or (f"results/{spec.name}" if spec.name else DEFAULT_OUT))
+    if path.exists() and not path.is_dir():
+        raise KdbenchError(f"--out '{path}' exists and is not a directory")
+    return path
+
+
+def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = None, config: str | Path | None = None,
+          out: str | Path | None = None, executor: str = "local", workers: int = 1, threads: int | None = None,
+          address: str | None = None, data_root: str | Path | None = None, latency: bool = True, dry_run: bool = False,
+          report: bool = False, report_dir: str | Path = "reports", report_name: str | None = None,
+          progress: bool | None = None, log: Callable[[str], None] | None = print, **fields: Any) -> SweepResult:
+    """Expand a grid, validate every run, skip the ones already done in `out`, run the rest.
+
+    `fields` are the sweep fields of `kdbench sweep` / a YAML config: dataset, students, mode, seeds
+    (a count or a list), budget, student, teacher, teacher_epochs, epochs, batch_size, lr,
+    val_fraction, split_seed, max_train, device, params (a dict). They override the preset / config.
+    A failed run is recorded and the sweep goes on; bad input raises KdbenchError before anything is written.
+    """
+    from .executors import EXECUTORS
+
+    spec = SweepSpec.build(preset=preset, config=config, overrides={"method": method, **fields})
+    out_dir = resolve_out(spec, out)
+    planned = plan(spec, out_dir)  # validates every run
+    executor_cls = EXECUTORS.get(executor)
+    for name, value in (("workers", workers), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise KdbenchError(f"--{name} must be an integer >= 1, got {value!r}")
+    if address and executor != "ray":
+        raise KdbenchError("--address is for --executor ray")
+    if dry_run:
+        return SweepResult(out_dir, spec, planned, _records(out_dir, planned), dry_run=True,
+                           skipped=sum(p.status == "done" for p in planned))
+    todo = [p for p in planned if p.status != "done"]
+    skipped = len(planned) - len(todo)
+    ran = 0
+    if todo:
+        ran = _execute(todo, out_dir, executor_cls, workers=workers, threads=threads, address=address,
+                       data_root=data_root, latency=latency, progress=progress, log=log)
+    result = SweepResult(out_dir, spec, planned, _records(out_dir, planned), ran=ran, skipped=skipped)
+    if report:
+        result.report_dir = _report(out_dir, report_dir, report_name or spec.name or out_dir.name, log)
+    return result
+
+
+def _records(out_dir: Path, planned: Sequence[PlannedRun]) -> list[dict[str, Any]]:
+    recs = []
+    for p in planned:
+        rec = store.read_record(store.record_path(out_dir, p.key)) if out_dir.is_dir() else None
+        if rec is not None:
+            recs.append(rec)
+    return recs
+
+
+def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, workers: int, threads: int | None,
+             address: str | None, data_root: str | Path | None, latency: bool, progress: bool | None,
+             log: Callable[[str], None] | None) -> int:
+    from tqdm.auto import tqdm
+
+    from .engine import progress_enabled
+    from .executors import make_job, prepare
+
+    show = progress_enabled() if progress is None else progress
+    ex = executor_cls(workers=workers, threads=threads, address=address)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not show, dynamic_ncols=True)
+    say = (lambda msg: bar.write(msg)) if log is print else log  # noqa: E731 - keep the bar intact
+    in_process = isinstance(workers, int) and workers == 1 and ex.name == "local"
+    done = 0
+    try:
+        with ex:
+            if ex.prepares_in_parent:
+                prepare([p.resolved for p in todo], data_root, progress=show, log=say)
+            jobs = [make_job(p.resolved, out_dir, data_root=str(data_root) if data_root else None, latency=latency,
+                             threads=ex.threads_per_run(), progress=(None if show else False) if in_process else False,
+                             write=ex.writes_in_worker)
+                    for p in todo]
+            for fin in ex.map(jobs):
+                done += 1
+                if say:
+                    say(f"[{done}/{len(jobs)}] {run_line(fin.record, fin.wall_s)}")
+                bar.update(1)
+    finally:
+        bar.close()
+    return done
+
+
+def run_line(record: dict[str, Any], wall_s: float) -> str:
+    """key, status, test accuracy (last / val-best) and wall time of one finished run."""
+    key = record.get("run_key", "?")
+    if record.get("status") != "ok":
+        err = record.get("error") or {}
+        return f"{key} FAILED {err.get('type', '')}: {str(err.get('message', '')).splitlines()[0] if err.get('message') else ''} ({wall_s:.1f}s)"
+    m = record.get("metrics") or {}
+
+    def fmt(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+    return f"{key} ok test_acc={fmt(m.get('test_acc'))} valbest={fmt(m.get('test_acc_valbest'))} ({wall_s:.1f}s)"
+
+
+def _report(out_dir: Path, report_dir: str | Path, name: str, log: Callable[[str], None] | None) -> Path | None:
+    try:
+        build = getattr(importlib.import_module("kdbench.report"), "build_report")
+    except (ImportError, AttributeError):
+        if log:
+            log("note: kdbench.report is not available; no report written")
+        return None
+    path = Path(build(out_dir, report_dir, name=name))
+    if log:
+        log(f"report: {path}")
+    return path
+
+
+def run(method: str, *, out: str | Path | None = None, data_root: str | Path | None = None, latency: bool = True,
+        progress: bool | None = None, **fields: Any) -> dict[str, Any]:
+    """One run (`kdbench run`): returns its record; with `out`, also writes it there (failures as
+    `failed` records). Without `out` a failure raises."""
+    from .runner import execute, resolve
+    from .runner import run as run_spec
+
+    r = resolve(RunSpec.from_dict({"method": method, **fields}))
+    if out is None:
+        return run_spec(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r)
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise KdbenchError(f"--out '{path}' exists and is not a directory")
+    return execute(r.spec, path, data_root=data_root, progress=progress, latency=latency, resolved=r)

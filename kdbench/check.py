@@ -1,0 +1,415 @@
+"""The CI accuracy gate: compare a fresh run of a fixed protocol with a committed baseline.
+
+A cell is (dataset, method, mode, n_students, variant); its seeds are the observations. A cell
+regresses only when BOTH hold: a one-sided Welch t-test says the new mean is below the baseline's
+(p < alpha) AND the drop is larger than a minimum effect in accuracy points. The test alone would
+flag tiny, real-but-irrelevant shifts once the spread is small (a deterministic CPU rerun has
+none); the effect size alone would flag seed noise. With fewer than two seeds on a side there is
+no spread, so only the minimum-effect rule applies, and the report says so.
+
+A baseline directory holds the run records of the protocol plus `summary.json` (per cell: seeds,
+values, mean, std, n, the metric, the git commit and date it was made at). The records are the
+source of truth; the summary is checked against them so a hand-edited or stale baseline is caught.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from scipy import stats as _st
+
+from . import __version__, store
+from .config import CODE_VERSION
+from .errors import KdbenchError
+
+DEFAULT_METRIC = "test_acc_valbest"
+SUMMARY_METRICS = ("test_acc_valbest", "test_acc")  # written to summary.json, so either can be gated
+DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_EFFECT = 0.5  # accuracy points
+SUMMARY_FILE = "summary.json"
+SUMMARY_SCHEMA = 1
+CELL_FIELDS = ("dataset", "method", "mode", "n_students", "variant")
+IDENTICAL_NOTE = "identical to the baseline (deterministic CPU rerun)"
+# spec fields that may differ between baseline and rerun without making the protocol a different one
+_PROTOCOL_IGNORED = {"seed", "params_changed"}
+
+Cell = tuple  # (dataset, method, mode, n_students, variant)
+
+# verdicts
+OK, REGRESSION, IMPROVED, MISSING, EXTRA = "ok", "REGRESSION", "improved", "missing", "extra"
+FAILING = {REGRESSION, MISSING}
+
+
+def cell_label(cell: Cell) -> str:
+    """Readable cell name, e.g. `tcn ff n=4 mnist` or `kd n=1 mnist [temperature=2.0]`."""
+    dataset, method, mode, n, variant = cell
+    parts = [str(method)] + ([str(mode)] if mode else []) + [f"n={n}", str(dataset)]
+    if variant and variant != "default":
+        parts.append(f"[{variant}]")
+    return " ".join(parts)
+
+
+def _cell_dict(cell: Cell) -> dict[str, Any]:
+    return dict(zip(CELL_FIELDS, cell))
+
+
+@dataclass
+class CellData:
+    """The observations of one cell in one results directory."""
+
+    values: dict[int, float] = field(default_factory=dict)  # seed -> metric value
+    protocols: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0
+    no_metric: int = 0
+
+    def array(self) -> np.ndarray:
+        return np.asarray([self.values[s] for s in sorted(self.values)], dtype=float)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(self.array().mean()) if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof=1); NaN with fewer than two seeds."""
+        return float(self.array().std(ddof=1)) if self.n >= 2 else math.nan
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    baseline: CellData | None
+    new: CellData | None
+    diff: float  # new mean - baseline mean, accuracy points
+    p: float  # one-sided Welch p-value for new < baseline (NaN when not computable)
+    verdict: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    metric: str
+    alpha: float
+    min_effect: float
+    cells: list[CellResult]
+    baseline_info: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def by_verdict(self, verdict: str) -> list[CellResult]:
+        return [c for c in self.cells if c.verdict == verdict]
+
+    @property
+    def passed(self) -> bool:
+        return not any(c.verdict in FAILING for c in self.cells)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    @property
+    def identical(self) -> bool:
+        compared = [c for c in self.cells if c.verdict not in (MISSING, EXTRA)]
+        return bool(compared) and all(IDENTICAL_NOTE in c.notes for c in compared)
+
+
+# --------------------------------------------------------------------------- reading records
+
+def collect(results_dir: str | Path, metric: str, what: str = "results") -> dict[Cell, CellData]:
+    """Per-cell, per-seed values of `metric` from the records of a directory (failed runs counted, not used)."""
+    path = Path(results_dir)
+    if not path.exists():
+        raise KdbenchError(f"{what} directory '{path}' does not exist")
+    if not path.is_dir():
+        raise KdbenchError(f"{what} path '{path}' is not a directory")
+    cells: dict[Cell, CellData] = {}
+    seen_metric = False
+    known_metrics: set[str] = set()
+    n_records = 0
+    for rec in store.iter_records(path):
+        n_records += 1
+        row = store.record_to_row(rec)
+        cell = tuple(row.get(f) for f in CELL_FIELDS)
+        data = cells.setdefault(cell, CellData())
+        if rec["status"] != "ok":
+            data.failed += 1
+            continue
+        known_metrics.update(k for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
+        value = row.get(metric)
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            data.no_metric += 1
+            continue
+        seen_metric = True
+        seed = int(row.get("seed") or 0)
+        if seed in data.values:
+            raise KdbenchError(f"{what} '{path}' holds two ok runs of cell '{cell_label(cell)}' seed {seed} "
+                               f"(two protocols in one directory?); keep one protocol per directory")
+        data.values[seed] = float(value)
+        spec = {k: v for k, v in (rec.get("spec") or {}).items() if k not in _PROTOCOL_IGNORED}
+        data.protocols.append({**spec, "code_version": rec.get("code_version")})
+    if n_records == 0:
+        raise KdbenchError(f"{what} directory '{path}' holds no run records (*.json)")
+    if not seen_metric:
+        known = ", ".join(sorted(known_metrics)) or "none"
+        raise KdbenchError(f"no ok run in {what} '{path}' has metric '{metric}' (metrics there: {known})")
+    return cells
+
+
+# --------------------------------------------------------------------------- statistics
+
+def welch_less(new: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """One-sided Welch p-values (new < base, new > base); both need n >= 2 per side.
+
+    When neither side varies, the t statistic is undefined (scipy returns NaN): equal means give
+    p = 1 both ways, a difference is certain (p = 0 in its direction)."""
+    if new.std() == 0 and base.std() == 0:
+        if new.mean() == base.mean():
+            return 1.0, 1.0
+        return (0.0, 1.0) if new.mean() < base.mean() else (1.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        less = float(_st.ttest_ind(new, base, equal_var=False, alternative="less").pvalue)
+        greater = float(_st.ttest_ind(new, base, equal_var=False, alternative="greater").pvalue)
+    return less, greater
+
+
+def compare_cell(cell: Cell, base: CellData, new: CellData, alpha: float, min_effect: float) -> CellResult:
+    """Verdict of one cell present on both sides (see the module docstring for the rule)."""
+    notes: list[str] = []
+    diff = new.mean - base.mean
+    if new.n >= 2 and base.n >= 2:
+        p_less, p_greater = welch_less(new.array(), base.array())
+        regressed = p_less < alpha and -diff > min_effect
+        improved = p_greater < alpha and diff > min_effect
+    else:
+        p_less = math.nan
+        sides = [s for s, d in (("baseline", base), ("new", new)) if d.n < 2]
+        notes.append(f"n < 2 on the {' and '.join(sides)} side: min-effect rule only (no spread to test)")
+        regressed = -diff > min_effect
+        improved = diff > min_effect
+    verdict = REGRESSION if regressed else IMPROVED if improved else OK
+    if new.values == base.values:
+        notes.append(IDENTICAL_NOTE)
+    else:
+        lost = sorted(set(base.values) - set(new.values))
+        if lost:
+            notes.append(f"seed(s) {', '.join(map(str, lost))} of the baseline not in the new results")
+    if new.failed:
+        notes.append(f"{new.failed} failed run(s) in the new results")
+    if new.no_metric:
+        notes.append(f"{new.no_metric} ok run(s) without the metric in the new results")
+    notes.extend(_protocol_notes(base.protocols, new.protocols))
+    return CellResult(cell, base, new, diff, p_less, verdict, notes)
+
+
+def _protocol_notes(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
+    """Fields of the run spec that differ between baseline and new runs (the comparison is then suspect)."""
+    if not base or not new:
+        return []
+    differing = []
+    for key in sorted(set().union(*base, *new)):
+        b = {json.dumps(p.get(key), sort_keys=True, default=str) for p in base}
+        n = {json.dumps(p.get(key), sort_keys=True, default=str) for p in new}
+        if b != n:
+            differing.append(f"{key} {'/'.join(sorted(b))} -> {'/'.join(sorted(n))}")
+    return [f"protocol differs from the baseline: {'; '.join(differing)}"] if differing else []
+
+
+# --------------------------------------------------------------------------- the check
+
+def load_summary(baseline_dir: str | Path) -> dict[str, Any]:
+    path = Path(baseline_dir) / SUMMARY_FILE
+    if not Path(baseline_dir).is_dir():
+        raise KdbenchError(f"baseline directory '{baseline_dir}' does not exist (make one with `kdbench baseline update`)")
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KdbenchError(f"baseline '{baseline_dir}' has no {SUMMARY_FILE} (make one with `kdbench baseline update`)") from None
+    except (OSError, ValueError) as e:
+        raise KdbenchError(f"cannot read baseline summary '{path}': {e}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list):
+        raise KdbenchError(f"baseline summary '{path}' is malformed (no 'cells' list)")
+    return summary
+
+
+def _verify_summary(summary: dict[str, Any], cells: dict[Cell, CellData], metric: str, baseline_dir: Path) -> None:
+    """The summary must describe exactly the records beside it (for the gated metric, when it lists it)."""
+    listed = [c for c in summary["cells"] if isinstance(c, dict) and c.get("metric") == metric]
+    if not listed:
+        return
+    rerun = "; rerun `kdbench baseline update`"
+    summarised: dict[Cell, dict[int, float]] = {}
+    for entry in listed:
+        try:
+            cell = tuple(entry[f] for f in CELL_FIELDS)
+            summarised[cell] = {int(s): float(v) for s, v in zip(entry["seeds"], entry["values"], strict=True)}
+        except (KeyError, TypeError, ValueError):
+            raise KdbenchError(f"baseline summary in '{baseline_dir}' has a malformed cell entry: {entry}") from None
+    recorded = {c: d.values for c, d in cells.items() if d.values}
+    for cell in sorted(set(summarised) | set(recorded), key=_sort_key):
+        if summarised.get(cell) != recorded.get(cell):
+            raise KdbenchError(f"baseline '{baseline_dir}': {SUMMARY_FILE} does not match its records for cell "
+                               f"'{cell_label(cell)}' ({metric}){rerun}")
+
+
+def _sort_key(cell: Cell) -> tuple:
+    return tuple("" if v is None else str(v).zfill(6) if isinstance(v, int) else str(v) for v in cell)
+
+
+def check(results_dir: str | Path, baseline_dir: str | Path, metric: str | None = None,
+          alpha: float = DEFAULT_ALPHA, min_effect: float = DEFAULT_MIN_EFFECT) -> CheckResult:
+    """Compare the records in `results_dir` with the baseline, cell by cell. Raises KdbenchError on bad input."""
+    if not 0.0 < alpha < 1.0:
+        raise KdbenchError(f"--alpha must be in (0, 1), got {alpha}")
+    if not min_effect >= 0.0:
+        raise KdbenchError(f"--min-effect must be >= 0 accuracy points, got {min_effect}")
+    baseline_dir = Path(baseline_dir)
+    summary = load_summary(baseline_dir)
+    metric = metric or summary.get("metric") or DEFAULT_METRIC
+    base_cells = collect(baseline_dir, metric, what="baseline")
+    _verify_summary(summary, base_cells, metric, baseline_dir)
+    new_cells = collect(results_dir, metric, what="results")
+    results: list[CellResult] = []
+    for cell in sorted(set(base_cells) | set(new_cells), key=_sort_key):
+        base, new = base_cells.get(cell), new_cells.get(cell)
+        base_ok = base is not None and base.n > 0
+        new_ok = new is not None and new.n > 0
+        if base_ok and new_ok:
+            results.append(compare_cell(cell, base, new, alpha, min_effect))
+        elif base_ok:
+            why = f"{new.failed} failed run(s), no ok run" if new is not None and new.failed else "no run of this cell"
+            results.append(CellResult(cell, base, new, math.nan, math.nan, MISSING, [why]))
+        elif new_ok:
+            results.append(CellResult(cell, base, new, math.nan, math.nan, EXTRA, ["not in the baseline"]))
+    info = {k: summary.get(k) for k in ("preset", "git_commit", "git_dirty", "date", "code_version")}
+    info["dir"] = str(baseline_dir)
+    return CheckResult(metric, alpha, min_effect, results, info)
+
+
+# --------------------------------------------------------------------------- report
+
+def _fmt_stats(d: CellData | None) -> str:
+    if d is None or d.n == 0:
+        return "-"
+    std = "n/a" if d.n < 2 else f"{d.std:.2f}"
+    return f"{d.mean:.2f} ± {std} ({d.n})"
+
+
+def _fmt_num(x: float, spec: str) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def format_report(result: CheckResult) -> str:
+    """The readable diff CI prints: one table row per cell, then notes and a one-line verdict."""
+    import pandas as pd
+
+    rows = [{
+        "cell": cell_label(c.cell), "baseline mean ± std (n)": _fmt_stats(c.baseline),
+        "new mean ± std (n)": _fmt_stats(c.new), "diff": _fmt_num(c.diff, "+.2f"),
+        "p": _fmt_num(c.p, ".3g"), "verdict": c.verdict,
+    } for c in result.cells]
+    info = result.baseline_info
+    lines = [
+        f"accuracy gate: {result.metric} (%), one-sided Welch t-test (new < baseline) at alpha={result.alpha:g} "
+        f"AND a drop of more than {result.min_effect:g} points",
+        f"baseline: {info.get('dir')} (preset {info.get('preset') or '?'}, commit {str(info.get('git_commit') or '?')[:12]}"
+        f"{' + local changes' if info.get('git_dirty') else ''}, {info.get('date') or '?'})",
+        "",
+        pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=("left",) * 6),
+    ]
+    notes = [f"- {cell_label(c.cell)}: {n}" for c in result.cells for n in c.notes
+             if not (result.identical and n == IDENTICAL_NOTE)]
+    if result.identical:
+        notes.insert(0, f"- every cell: {IDENTICAL_NOTE}")
+    if notes:
+        lines += ["", "notes:", *notes]
+    lines.append("")
+    regress, missing, extra = (result.by_verdict(v) for v in (REGRESSION, MISSING, EXTRA))
+    if extra:
+        lines.append(f"extra cell(s), not gated: {', '.join(cell_label(c.cell) for c in extra)}")
+    if result.passed:
+        lines.append(f"check passed: {len(result.cells) - len(extra)} cell(s), no regression"
+                     + (f"; {IDENTICAL_NOTE}" if result.identical else ""))
+    else:
+        parts = []
+        if regress:
+            parts.append(f"{len(regress)} regression(s): {', '.join(cell_label(c.cell) for c in regress)}")
+        if missing:
+            parts.append(f"{len(missing)} missing cell(s): {', '.join(cell_label(c.cell) for c in missing)}")
+        lines.append("check FAILED: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- baseline summary / update
+
+def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
+    """Commit (`git rev-parse HEAD`) and whether the working tree has local changes; None outside git."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def summarize(results_dir: str | Path, metrics: Iterable[str] = SUMMARY_METRICS, preset: str | None = None,
+              protocol: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
+              date: str | None = None) -> dict[str, Any]:
+    """The summary.json content of a baseline directory: per cell and metric, seeds, values, mean, std, n."""
+    git = git if git is not None else git_info(Path(__file__).resolve().parent)
+    date = date or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entries = []
+    for metric in metrics:
+        for cell, d in sorted(collect(results_dir, metric, what="baseline").items(), key=lambda kv: _sort_key(kv[0])):
+            if not d.n:
+                continue
+            seeds = sorted(d.values)
+            entries.append({**_cell_dict(cell), "metric": metric, "seeds": seeds, "values": [d.values[s] for s in seeds],
+                            "mean": d.mean, "std": None if d.n < 2 else d.std, "n": d.n,
+                            "git_commit": git.get("git_commit"), "date": date})
+    return {"schema": SUMMARY_SCHEMA, "preset": preset, "metric": DEFAULT_METRIC, "metrics": list(metrics),
+            "date": date, **git, "kdbench_version": __version__, "code_version": CODE_VERSION,
+            "protocol": protocol, "cells": entries}
+
+
+def write_summary(baseline_dir: str | Path, **kw: Any) -> Path:
+    summary = summarize(baseline_dir, **kw)
+    path = Path(baseline_dir) / SUMMARY_FILE
+    store.atomic_write_text(path, json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into place of `target` (old content removed only once the new one is complete)."""
+    target = Path(target)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        target.rename(old / target.name)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
+
+
+def preset_protocol(name: str) -> dict[str, Any]:
+    """The fields of sweep preset `name`, validated (unknown name -> did-you-mean), recorded as the protocol."""
+    from .sweep import SweepSpec, preset_path, read_yaml
+
+    SweepSpec.build(preset=name)  # parses every field: a broken preset fails before any work
+    return read_yaml(preset_path(name))

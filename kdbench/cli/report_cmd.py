@@ -1,0 +1,46 @@
+"""`kdbench report RESULTS_DIR`: tables (Markdown, LaTeX, CSV) and figures from run records."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..report import build_report
+from ..report.build import SPREADS
+from ..report.data import ACCURACY
+from ..report.render import FORMATS
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `report` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "report", help="build tables and figures from run records",
+        description="Build reports/<name>/report.md, tables.tex, tables/*.csv and figures/*.png|pdf from the "
+                    "run records of RESULTS_DIR: mean ± 95%% CI over seeds (n in every cell), Welch tests against "
+                    "a baseline method with Holm correction, and paper-vs-kdbench comparisons.")
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of run records (*.json)")
+    p.add_argument("--out", default="reports", help="parent folder of the report (default: reports)")
+    p.add_argument("--name", default=None, help="report folder name (default: the results folder's name)")
+    p.add_argument("--format", default="md,latex,csv", dest="formats",
+                   help=f"comma-separated subset of {','.join(FORMATS.names())} (default: md,latex,csv)")
+    p.add_argument("--baseline-method", default="kd", help="method the Welch tests compare against (default: kd)")
+    p.add_argument("--accuracy", default="valbest", choices=ACCURACY.names(),
+                   help="test accuracy at the val-best epoch (default) or at the last epoch")
+    p.add_argument("--bootstrap", action="store_true", help="bootstrap CIs (scipy BCa, fixed seed) instead of Student t")
+    p.add_argument("--spread", default="ci", choices=list(SPREADS),
+                   help="what ± shows: 95%% CI half-width (default) or the standard deviation")
+    p.add_argument("--no-figures", action="store_true", help="tables only, no plots")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report; user errors raise KdbenchError (the CLI prints one line, exit code 2)."""
+    out = build_report(args.results_dir, args.out, name=args.name, formats=args.formats, accuracy=args.accuracy,
+                       baseline_method=args.baseline_method, bootstrap=args.bootstrap, spread=args.spread,
+                       figures=not args.no_figures)
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    print(f"report written to {out} ({len(written)} files)")
+    for main in ("report.md", "tables.tex"):
+        if main in written:
+            print(f"  {out / main}")
+    return 0

@@ -1,0 +1,84 @@
+"""`kdbench sweep`: expand a grid (or a YAML config / preset) into runs, skip the ones already done,
+run the rest on the local process pool or Ray, and print a summary. Exit 1 when a run failed."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import add_run_options, print_table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of methods x students x modes x seeds (resumable)",
+                       description="Expand a grid into runs and execute the ones not yet done in --out. "
+                                   "Options override the fields of --config / --preset.")
+    src = p.add_argument_group("what to run")
+    src.add_argument("--method", action="append", metavar="NAME[,NAME...]", help="method(s) (see `kdbench list methods`)")
+    src.add_argument("--students", metavar="N[,N...]", help="numbers of students, e.g. 1,2,4,8 (methods training one student ignore it)")
+    src.add_argument("--mode", metavar="MODE[,MODE...]", help="modes, e.g. ff,gan (methods without modes ignore it; tcn default ff)")
+    src.add_argument("--seeds", metavar="N|S,S,...", help="3 = seeds 0,1,2 (default); 0,5,7 = those seeds")
+    src.add_argument("--config", metavar="FILE", help="YAML file with the same fields (method, dataset, students, ...)")
+    src.add_argument("--preset", metavar="NAME", help="a sweep shipped with kdbench (see --list-presets)")
+    src.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    add_run_options(p)
+    how = p.add_argument_group("how to run")
+    how.add_argument("--out", help="results directory (default: the config's out, results/<preset>, or results/runs)")
+    how.add_argument("--executor", default="local", help="local (process pool, default) or ray")
+    how.add_argument("--workers", type=int, default=1, help="parallel runs of the local executor (1 = in this process)")
+    how.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers; ray: 1)")
+    how.add_argument("--address", help="Ray cluster address (--executor ray); default: start a local Ray")
+    how.add_argument("--dry-run", action="store_true", help="print the runs and what is already done; run nothing")
+    how.add_argument("--report", action="store_true", help="build the report (kdbench report) at the end")
+    how.add_argument("--report-name", help="report folder name under reports/ (default: the sweep's name)")
+    p.set_defaults(func=run)
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """Sweep fields given on the command line, as raw strings: sweep.parse_field validates them."""
+    fields: dict = {}
+    if args.method:
+        fields["method"] = ",".join(args.method)
+    for name in ("students", "mode", "seeds", "dataset", "teacher", "teacher_epochs", "student", "budget", "epochs",
+                 "batch_size", "lr", "val_fraction", "split_seed", "max_train", "device"):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    if args.param:
+        fields["params"] = list(args.param)
+    return fields
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import sweep
+    from ..sweep import list_presets
+
+    if args.list_presets:
+        print_table(list_presets())
+        return 0
+    result = sweep(preset=args.preset, config=args.config, out=args.out, executor=args.executor, workers=args.workers,
+                   threads=args.threads, address=args.address, data_root=args.data_root, latency=not args.no_latency,
+                   dry_run=args.dry_run, report=args.report, report_name=args.report_name, **overrides(args))
+    spec = result.spec
+    title = f"sweep {spec.name}" if spec.name else "sweep"
+    if spec.requires:
+        title += f" (requires {spec.requires})"
+    if args.dry_run:
+        print(f"{title}: {len(result.planned)} runs into {result.out_dir}")
+        print_table(result.plan_table().to_dict("records"))
+        states = [p.status for p in result.planned]
+        print(f"{states.count('done')} done, {states.count('failed')} failed before (will rerun), "
+              f"{states.count('todo')} to run; dry run: nothing was run")
+        return 0
+    print()
+    print_table(result.summary().to_dict("records"))
+    n_failed = len(result.failed)
+    print(f"\n{title}: {len(result.planned)} runs, {result.ran} run now, {result.skipped} already done, "
+          f"{n_failed} failed")
+    print(f"records: {os.fspath(result.out_dir)}  (kdbench.load_results('{os.fspath(result.out_dir)}'), "
+          f"kdbench report {os.fspath(result.out_dir)})")
+    if n_failed:
+        for rec in result.failed:
+            err = rec.get("error") or {}
+            print(f"failed: {rec['run_key']}: {err.get('type')}: {str(err.get('message', '')).splitlines()[0] if err.get('message') else ''}")
+        return 1
+    return 0

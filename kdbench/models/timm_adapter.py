@@ -1,0 +1,67 @@
+"""`timm/<arch>`: any timm architecture, randomly initialised, wrapped into the zoo protocol.
+
+Hub weights cannot be downloaded here; `pretrained_path=` loads a local file instead, keeping a
+fresh classifier when its class count differs from the dataset's."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..data.base import DataSpec
+from ..errors import KdbenchError
+from .dense import timm_feature_dim
+from .protocol import ZooModel, make_normalize, require_image
+
+
+class TimmModel(ZooModel):
+    """features = forward_head(forward_features(x), pre_logits=True); classifier = get_classifier()."""
+
+    def __init__(self, net: nn.Module, arch: str, normalize: nn.Module):
+        super().__init__()
+        self.arch = arch
+        self.normalize = normalize
+        self.net = net
+        self.feature_dim = timm_feature_dim(net)
+
+    @property
+    def classifier(self) -> nn.Module:  # type: ignore[override]
+        return self.net.get_classifier()
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """timm's `forward_features`: (N, C, H, W) for CNNs, tokens (N, T, D) for transformers."""
+        return self.net.forward_features(self.normalize(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.net.forward_head(self.feature_map(x), pre_logits=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalize(x))
+
+
+def create_timm_model(
+    arch: str,
+    spec: DataSpec,
+    normalize: str | None = None,
+    pretrained_path: str | Path | None = None,
+    **timm_kwargs: Any,
+) -> TimmModel:
+    """`timm.create_model(arch, pretrained=False, num_classes=K, in_chans=C, **timm_kwargs)`, wrapped."""
+    import timm
+
+    c, _, _ = require_image(spec, f"timm/{arch}")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr('timm/' + n) for n in close)}?" if close else ""
+        raise KdbenchError(f"unknown timm architecture '{arch}'{hint}")
+    try:
+        net = timm.create_model(arch, pretrained=False, num_classes=spec.num_classes, in_chans=c, **timm_kwargs)
+    except TypeError as e:
+        raise KdbenchError(f"timm/{arch}: bad options {sorted(timm_kwargs)} ({e})") from None
+    if pretrained_path is not None:
+        from .weights import load_weights
+
+        load_weights(net, pretrained_path, drop_mismatched_classifier=True)
+    return TimmModel(net, arch, make_normalize(normalize, c))

@@ -1,0 +1,98 @@
+"""build_report: records -> tables (Markdown, LaTeX, CSV) + figures under reports/<name>/.
+
+Regenerating from the same records gives byte-identical md / tex / csv: no timestamps, stable
+ordering, fixed bootstrap seed; outputs of an earlier build that this one no longer makes are removed."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import KdbenchError
+from . import paper, plots, tables
+from .context import Context
+from .data import ACCURACY, load
+from .render import FORMATS
+from .table import Report, Skipped, Table
+
+SPREADS = ("ci", "std")
+_OWNED = {"tables": (".csv", ".tex"), "figures": (".png", ".pdf")}
+
+
+def parse_formats(formats: str | Iterable[str]) -> list[str]:
+    """`md,latex` or a sequence -> validated, de-duplicated format names (unknown: one-line error)."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = list(dict.fromkeys(str(f).strip() for f in items if str(f).strip()))
+    if not names:
+        raise KdbenchError("--format is empty; expected a comma-separated subset of " + ",".join(FORMATS.names()))
+    for n in names:
+        FORMATS.get(n)  # raises KdbenchError with a did-you-mean
+    return names
+
+
+def make_report(ctx: Context, out: Path, title: str, figures: bool = True) -> Report:
+    """Build every table and figure (writing the figures), in a fixed order."""
+    built = [spec.build(ctx) for spec in tables.ordered_specs()] + paper.build_all(ctx)
+    report = Report(
+        title=title,
+        protocol=protocol(ctx),
+        tables=[t for t in built if isinstance(t, Table)],
+        skipped=[t for t in built if isinstance(t, Skipped)],
+        figures=plots.draw_all(ctx, out) if figures else [],
+        overview=[tables.runs_table(ctx)],
+        appendix=[tables.environment_table(ctx), tables.deviations_table(ctx)],
+    )
+    return report
+
+
+def protocol(ctx: Context) -> list[str]:
+    res = ctx.results
+    failed = f"; {res.n_failed} failed records are not counted" if res.n_failed else ""
+    missing = ([f"The baseline method `{ctx.baseline}` has no runs here: no significance tests."]
+               if not (ctx.df["method"] == ctx.baseline).any() else [])
+    return [
+        f"Source: `{res.source}`, {len(ctx.df)} ok run records{failed}.",
+        ctx.accuracy_note() + " Paper tables that report another selection are compared as published.",
+        ctx.spread_note(),
+        f"Significance: Welch's t-test (unequal variances) of each cell against the `{ctx.baseline}` cell of the "
+        "same dataset, Holm step-down adjustment across each table.",
+        *missing,
+        "Per-table notes give the seeds, dataset substitutes and the deviations recorded by the runs behind it.",
+    ]
+
+
+def _clean_stale(out: Path, written: set[Path]) -> None:
+    for sub, suffixes in _OWNED.items():
+        d = out / sub
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                if p.is_file() and p.suffix in suffixes and p.resolve() not in written:
+                    p.unlink()
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path = "reports", name: str | None = None,
+                 formats: str | Iterable[str] = ("md", "latex", "csv"), accuracy: str = "valbest",
+                 baseline_method: str = "kd", bootstrap: bool = False, spread: str = "ci",
+                 figures: bool = True) -> Path:
+    """Write reports/<name>/{report.md, tables.tex, tables/*.csv|tex, figures/*.png|pdf}; return that folder.
+
+    accuracy: "valbest" (test accuracy at the val-best epoch, default) or "last" (last epoch).
+    spread: "ci" (± = 95% CI half-width) or "std"; bootstrap: bootstrap CIs instead of Student t;
+    figures=False skips the plots (the slow part) and removes earlier ones."""
+    choice = ACCURACY.get(accuracy)
+    fmts = parse_formats(formats)
+    if spread not in SPREADS:
+        raise KdbenchError(f"unknown spread '{spread}' (known: {', '.join(SPREADS)})")
+    results = load(results_dir)
+    name = name or results.source
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise KdbenchError(f"report name '{name}' must be letters, digits, '.', '_' or '-' (no path)")
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(results, choice, accuracy, baseline_method, bootstrap, spread)
+    report = make_report(ctx, out, f"kdbench report: {name}", figures)
+    written = {(out / f).resolve() for fig in report.figures for f in fig.files}
+    for fmt in fmts:
+        written |= {p.resolve() for p in FORMATS.get(fmt)(out, report)}
+    _clean_stale(out, written)
+    return out

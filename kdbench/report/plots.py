@@ -1,0 +1,186 @@
+"""Figures of a report (matplotlib, Agg canvas, PNG and PDF): accuracy vs parameters with the Pareto
+front, accuracy and training time vs number of students, per-student feature MSE.
+
+Figures are drawn on their own `Figure` objects (no pyplot state), and saved without timestamps."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+from .. import stats
+from ..registry import Registry
+from .context import Context, label, sort_cells
+from .data import BASE_KEYS, dataset_rank, list_metric, numeric, varying_extras
+from .table import Figure
+
+PNG_DPI = 150
+Plotter = Callable[[Context, Path], Figure]
+PLOTS: Registry[Plotter] = Registry("plot")
+
+
+def save(fig: MplFigure, out_dir: Path, name: str) -> list[str]:
+    """Write name.png and name.pdf under out_dir/figures; paths returned relative to out_dir."""
+    FigureCanvasAgg(fig)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    rel = [f"figures/{name}.png", f"figures/{name}.pdf"]
+    fig.savefig(out_dir / rel[0], dpi=PNG_DPI, metadata={"Software": None})
+    fig.savefig(out_dir / rel[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    return rel
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats (fewer or equal params and higher accuracy), by x."""
+    order = sorted(range(len(x)), key=lambda i: (x[i], -y[i]))
+    front, best = [], -math.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return np.asarray(front, dtype=int)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def _color(i: int) -> tuple:
+    """tab20 colours: distinct for up to 20 series (the default cycle repeats after 10)."""
+    return colormaps["tab20"](i % 20)
+
+
+def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[MplFigure, list]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = MplFigure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _half(s: pd.Series | dict) -> float:
+    hi = s["ci_high"]
+    return float(hi - s["mean"]) if np.isfinite(hi) else 0.0
+
+
+@PLOTS.register("acc_vs_params")
+def acc_vs_params(ctx: Context, out: Path) -> Figure:
+    title = "Accuracy vs parameters (Pareto front)"
+    col = ctx.accuracy.column
+    df = ctx.df[numeric(ctx.df, col).notna() & numeric(ctx.df, "params").notna()]
+    if df.empty:
+        return Figure("acc_vs_params", title, reason=f"no run records with `{col}` and `params`")
+    extras = varying_extras(df)
+    keys = [*BASE_KEYS, *extras]
+    summ = sort_cells(ctx.summary(df, col, keys), extras)
+    params = df.assign(_p=numeric(df, "params")).groupby(keys, sort=False)["_p"].mean()
+    summ["params"] = [params[tuple(r[k] for k in keys)] for _, r in summ.iterrows()]
+    datasets = sorted(set(summ["dataset"]), key=dataset_rank)
+    fig, axes = _grid(len(datasets), 2, (6.0, 4.2))
+    for ax, ds in zip(axes, datasets):
+        sub = summ[summ["dataset"] == ds].reset_index(drop=True)
+        pts = [(float(r["params"]), float(r["mean"]), _half(r), label(r, extras)) for _, r in sub.iterrows()]
+        t = df[df["dataset"] == ds].drop_duplicates(subset=["teacher", "teacher_id"])
+        t = t[numeric(t, "teacher_params").notna() & numeric(t, "teacher_test_acc").notna()]
+        if len(t):
+            s = stats.summarize(numeric(t, "teacher_test_acc"))
+            pts.append((float(numeric(t, "teacher_params").mean()), s["mean"], _half(s), "Teacher"))
+        x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        for i, (px, py, err, name) in enumerate(pts):
+            ax.errorbar(px, py, yerr=err, fmt="*" if name == "Teacher" else MARKERS[i % len(MARKERS)],
+                        color=_color(i), capsize=3, markersize=9 if name == "Teacher" else 6, label=name)
+        front = pareto_front(x, y)
+        ax.step(x[front], y[front], where="post", color="0.3", linestyle="--", linewidth=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters of the deployed predictor")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(ds)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(f"Accuracy ({'val-best' if ctx.accuracy_name == 'valbest' else 'last'} epoch) vs parameters; "
+                 "error bars: 95% CI")
+    return Figure("acc_vs_params", title, save(fig, out, "acc_vs_params"))
+
+
+@PLOTS.register("tcn_vs_students")
+def tcn_vs_students(ctx: Context, out: Path) -> Figure:
+    title = "TCN accuracy and training time vs number of students"
+    col = ctx.accuracy.column
+    df = ctx.df[(ctx.df["method"] == "tcn") & numeric(ctx.df, col).notna()]
+    if df.empty:
+        return Figure("tcn_vs_students", title, reason=f"no TCN run records with `{col}`")
+    extras = varying_extras(df)
+    keys = [*BASE_KEYS, *extras]
+    acc = ctx.summary(df, col, keys)
+    tim = ctx.summary(df.assign(_t=numeric(df, "train_time_s")), "_t", keys)
+    datasets = sorted(set(df["dataset"]), key=dataset_rank)
+    fig = MplFigure(figsize=(11.0, 3.8 * len(datasets)), layout="constrained")
+    axes = fig.subplots(len(datasets), 2, squeeze=False)
+    line_keys = [k for k in keys if k not in ("dataset", "n_students")]
+    kd = ctx.df[(ctx.df["method"] == ctx.baseline) & numeric(ctx.df, col).notna()]
+    for (ax_a, ax_t), ds in zip(axes, datasets):
+        for frame, ax in ((acc, ax_a), (tim, ax_t)):
+            sub = frame[frame["dataset"] == ds]
+            for lk, line in sub.groupby(line_keys, sort=False):
+                line = line.sort_values("n_students")
+                name = label(pd.Series(dict(zip(line_keys, lk if isinstance(lk, tuple) else (lk,)))), extras)
+                err = [(_half(r)) for _, r in line.iterrows()]
+                ax.errorbar(line["n_students"].astype(float), line["mean"], yerr=err, marker="o", capsize=3,
+                            label=name)
+            ax.set_xlabel("number of students n")
+            ax.set_xticks(sorted(set(int(v) for v in sub["n_students"])))
+            ax.grid(True, alpha=0.3)
+        k = kd[kd["dataset"] == ds]
+        if len(k):
+            ax_a.axhline(float(numeric(k, col).mean()), color="0.4", linestyle=":", label=f"{ctx.baseline} (mean)")
+        ax_a.set_ylabel("test accuracy (%)")
+        ax_t.set_ylabel("fit wall time (s)")
+        ax_a.set_title(f"{ds}: accuracy")
+        ax_t.set_title(f"{ds}: training time")
+        ax_a.legend(fontsize=7)
+        ax_t.legend(fontsize=7)
+    fig.suptitle("TCN vs number of students; error bars: 95% CI")
+    return Figure("tcn_vs_students", title, save(fig, out, "tcn_vs_students"))
+
+
+@PLOTS.register("feature_mse")
+def feature_mse(ctx: Context, out: Path) -> Figure:
+    title = "Per-student feature MSE (val)"
+    df = ctx.df[ctx.df["method"] == "tcn"]
+    lists = list_metric(df, "feature_mse_per_student")
+    if not any(lists):
+        return Figure("feature_mse", title, reason="no TCN run records with `feature_mse_per_student`")
+    extras = varying_extras(df)
+    keys = [*BASE_KEYS, *extras]
+    rows = [{**{k: r[k] for k in keys}, "student_index": j, "mse": v}
+            for (_, r), vals in zip(df.iterrows(), lists) for j, v in enumerate(vals, start=1)]
+    summ = sort_cells(ctx.summary(pd.DataFrame(rows), "mse", [*keys, "student_index"]), extras)
+    datasets = sorted(set(summ["dataset"]), key=dataset_rank)
+    fig, axes = _grid(len(datasets), 2, (6.0, 4.0))
+    for ax, ds in zip(axes, datasets):
+        sub = summ[summ["dataset"] == ds]
+        for i, (_, line) in enumerate(sub.groupby(keys, sort=False)):
+            line = line.sort_values("student_index")
+            ax.errorbar(line["student_index"], line["mean"], yerr=[_half(r) for _, r in line.iterrows()],
+                        marker=MARKERS[i % len(MARKERS)], color=_color(i), capsize=3,
+                        linestyle="--" if line.iloc[0]["mode"] == "gan" else "-", label=label(line.iloc[0], extras))
+        ax.set_xlabel("student j (chunk order)")
+        ax.set_ylabel("feature MSE")
+        ax.set_title(ds)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Per-student feature MSE on val; error bars: 95% CI")
+    return Figure("feature_mse", title, save(fig, out, "feature_mse"))
+
+
+def draw_all(ctx: Context, out: Path) -> list[Figure]:
+    """Every registered plot (a plot with no data is returned with its reason, not drawn)."""
+    order = ("acc_vs_params", "tcn_vs_students", "feature_mse")
+    names = [n for n in order if n in PLOTS] + [n for n in PLOTS.names() if n not in order]
+    return [PLOTS.get(n)(ctx, out) for n in names]

@@ -1,0 +1,180 @@
+"""`takd`: teacher-assistant KD (Mirzadeh et al., AAAI 2020): teacher -> assistant(s) -> student,
+every stage plain Hinton KD from the previous stage's val-best model (eval-mode logits, cached once).
+
+Default assistant: the paper's where it has one (student plain2 -> plain4; resnet8 -> resnet14 on
+CIFAR-10, resnet20 on CIFAR-100). The MNIST family and the budget students have no paper TA, so the
+default there is `auto`: the student's own budget family (`image-student` / `text-student`) sized by
+`budget_student` to the geometric mean of the teacher's and the student's parameters and MACs (the
+middle of the gap on a log scale); the record's deviations name the configuration used.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kdbench.config import RunSpec
+from kdbench.engine import Step, accuracy, predict, snapshot
+from kdbench.errors import KdbenchError
+from kdbench.losses import kd_loss
+from kdbench.method import Context, FitResult, Method, Schedule, register_method
+
+from .student import default_schedule
+
+AUTO = "auto"
+PAPER_EPOCHS = 160
+
+
+def paper_family(student: str) -> str | None:
+    """'plain' / 'resnet' when the student is one of the paper's CNN families (paper recipe applies)."""
+    for family in ("plain", "resnet"):
+        if student.startswith(family) and student[len(family):].isdigit():
+            return family
+    return None
+
+
+def default_assistants(spec: RunSpec) -> list[str]:
+    family = paper_family(spec.student)
+    if family == "plain":
+        return ["plain4"]
+    if family == "resnet":
+        return ["resnet20" if spec.dataset.startswith("cifar100") else "resnet14"]
+    if spec.student == "auto":
+        return [AUTO]
+    raise KdbenchError(f"takd has no default assistant for student '{spec.student}'; pass --param assistants=NAME[,NAME]")
+
+
+def lr_factor(family: str | None, code_faithful: bool, epochs: int) -> Callable[[int], float]:
+    """Multiplier of the base lr after `e` finished epochs: ResNets 1 / 0.1 / 0.01 from 0 / 50 / 75% of
+    the epochs (paper), or base 0.01 dropped x0.1 at 75% (official code); plain CNNs fixed."""
+    if family != "resnet":
+        return lambda e: 1.0
+    milestones = [0.75] if code_faithful else [0.5, 0.75]
+    steps = [int(m * epochs) for m in milestones]
+    return lambda e: 0.1 ** sum(e >= s for s in steps)
+
+
+def per_stage(values: list[float] | None, default: float, n: int, name: str) -> list[float]:
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise KdbenchError(f"takd: {name} has {len(values)} values for {n} stages (give 1 or {n})")
+    return list(values)
+
+
+@register_method
+class TAKD(Method):
+    name = "takd"
+    description = "teacher -> assistant(s) -> student, each stage Hinton KD from the previous val-best model"
+
+    @dataclass
+    class Params:
+        assistants: list[str] | None = None  # zoo names or "auto"; None = the paper's TA / auto (see module doc)
+        temperatures: list[float] | None = None  # per stage (1 value = every stage); None = 4.0
+        alphas: list[float] | None = None  # per stage; None = 0.9
+        code_faithful: bool = False  # KL 'mean' (1/K of batchmean) and the official ResNet lr schedule
+
+    @classmethod
+    def schedule(cls, spec: RunSpec, params) -> Schedule:
+        family = paper_family(spec.student)
+        if family == "plain":
+            return Schedule(PAPER_EPOCHS, 128, 0.01, optimizer="sgd", weight_decay=1e-4)
+        if family == "resnet":
+            return Schedule(PAPER_EPOCHS, 128, 0.01 if params.code_faithful else 0.1, optimizer="sgd", weight_decay=1e-4)
+        return default_schedule(spec)
+
+    @classmethod
+    def validate(cls, spec: RunSpec, params) -> None:
+        super().validate(spec, params)
+        assistants = params.assistants if params.assistants else default_assistants(spec)
+        if AUTO in assistants and spec.student != "auto":
+            raise KdbenchError("takd: assistant 'auto' widens the budget student; with --student NAME pass zoo names")
+        n = len(assistants) + 1
+        for name, values in (("temperatures", params.temperatures), ("alphas", params.alphas)):
+            per_stage(values, 1.0, n, name)
+        if any(t <= 0 for t in params.temperatures or []):
+            raise KdbenchError("takd: temperatures must be > 0")
+        if any(not 0.0 <= a <= 1.0 for a in params.alphas or []):
+            raise KdbenchError("takd: alphas must be in [0, 1]")
+
+    def fit(self, ctx: Context) -> FitResult:
+        p = self.params
+        assistants = list(p.assistants) if p.assistants else default_assistants(ctx.spec)
+        n = len(assistants) + 1
+        temps = per_stage(p.temperatures, 4.0, n, "temperatures")
+        alphas = per_stage(p.alphas, 0.9, n, "alphas")
+        reduction = "mean" if p.code_faithful else "batchmean"
+        family = paper_family(ctx.spec.student)
+        recipe = {"plain": "paper recipe: SGD m0.9 wd1e-4, lr fixed", "resnet": "paper recipe: SGD m0.9 wd1e-4, "
+                  + ("lr 0.01 then x0.1 at 75% (official code)" if p.code_faithful else "lr x1/x0.1/x0.01 at 0/50/75%")}
+        ctx.deviations.append(f"takd schedule: {recipe.get(family, 'shared student schedule (no paper recipe for this student)')}")
+        ctx.deviations.append("takd: stages select their val-best epoch (the official code reported best-over-epochs on test)")
+
+        x_train, _ = ctx.split("train")
+        soft = ctx.targets("train").logits
+        student = ctx.make_student()
+        stages: list[dict] = []
+        for i, arch in enumerate(assistants + ["student"]):
+            last_stage = i == n - 1
+            if last_stage:
+                model, label = student, ctx.spec.student
+            elif arch == AUTO:
+                model, info = auto_assistant(ctx, student)
+                label = f"{info['model']}({', '.join(f'{k}={v}' for k, v in info['config'].items())})"
+                ctx.deviations.append(f"takd: no paper assistant for this student; assistant = {label}, "
+                                      f"{info['params']} params (geometric mean of teacher and student)")
+            else:
+                model, label = ctx.make_model(arch), arch
+            result, last = train_stage(ctx, model, soft, temps[i], alphas[i], reduction, family, p.code_faithful, f"takd[{i}] {label}")
+            info = {"stage": i, "arch": label, "temperature": temps[i], "alpha": alphas[i], "params": count(model),
+                    "val_acc": result.best_score, "best_epoch": result.best_epoch, "train_time_s": result.train_time_s}
+            if not last_stage:  # assistant: its val-best logits (eval mode) teach the next stage
+                x_test, y_test = ctx.split("test")
+                info["test_acc"] = accuracy(predict(model, x_test), y_test)  # reported only, never selected on
+                soft = predict(model, x_train).clone()
+                del model
+            stages.append(info)
+        metrics = {"takd_stages": stages, "reduction": reduction, "code_faithful": p.code_faithful,
+                   "best_epoch": stages[-1]["best_epoch"]}
+        for s in stages[:-1]:
+            metrics[f"assistant{s['stage']}_val_acc"] = s["val_acc"]
+            metrics[f"assistant{s['stage']}_test_acc"] = s["test_acc"]
+        return FitResult(student, last, snapshot(student), result.history, metrics=metrics)
+
+
+def train_stage(ctx: Context, model: nn.Module, soft: torch.Tensor, temperature: float, alpha: float, reduction: str,
+                family: str | None, code_faithful: bool, desc: str):
+    """One KD stage; returns (train result, last-epoch state) and leaves `model` at its val-best state."""
+
+    def loss(b):
+        z = model(b.x)
+        return {"ce": (1 - alpha) * F.cross_entropy(z, b.y), "kd": alpha * kd_loss(z, soft[b.idx], temperature, reduction)}
+
+    opt = ctx.optimizer(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, code_faithful, ctx.schedule.epochs))
+    res = ctx.train([Step("takd", opt, loss)], {"model": model}, evaluate=lambda: ctx.val_accuracy(model),
+                    schedulers=[sched], desc=desc)
+    last = snapshot(model)
+    res.restore_best({"model": model})
+    return res, last
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def auto_assistant(ctx: Context, student: nn.Module) -> tuple[nn.Module, dict]:
+    """The budget student family sized to the geometric mean of teacher and student (params and MACs)."""
+    from kdbench.models import Budget, budget_student, count_macs
+
+    spec = ctx.data.spec
+    params = math.sqrt(count(ctx.teacher) * count(student))
+    macs = math.sqrt(count_macs(ctx.teacher, spec) * count_macs(student, spec))
+    model, info = budget_student(spec, 1, spec.num_classes, budget=Budget(round(params), 2 * round(macs)))
+    return model.to(ctx.device), info

@@ -1,0 +1,255 @@
+"""Sweeps: grid expansion, run keys, YAML configs and presets, bad input, failures, determinism."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers_sweep import TEST_METHODS, comparable, records
+
+from kdbench import api, store
+from kdbench.cli import main
+from kdbench.method import METHODS, load_methods
+from kdbench.sweep import PRESET_DIR, SweepSpec, list_presets, plan
+
+# tiny and fast: 8x8 digits (shipped with scikit-learn), 300 training images, one epoch, a plain2
+# teacher trained for one epoch (cached once per test session)
+FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1}
+FAST_ARGS = ["--dataset", "digits", "--epochs", "1", "--max-train", "300", "--teacher", "plain2",
+             "--teacher-epochs", "1", "--no-latency"]
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch, tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "sweep-cache"  # shared by the session: teachers train once
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
+    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
+
+
+@pytest.fixture
+def test_methods(monkeypatch):
+    load_methods()
+    for cls in TEST_METHODS:
+        monkeypatch.setitem(METHODS._entries, cls.name, cls)
+
+
+def keys(**overrides) -> list[str]:
+    return [p.key for p in plan(SweepSpec.build(overrides=overrides), "/nonexistent")]
+
+
+# --------------------------------------------------------------------------------- grid expansion
+def test_grid_follows_each_methods_declaration():
+    spec = SweepSpec.build(overrides={"method": "student,kd,tcn", "students": "1,2,4,8", "mode": "ff,gan",
+                                      "seeds": "3", "dataset": "digits"})
+    runs = spec.expand()
+    by = {m: [r for r in runs if r.method == m] for m in ("student", "kd", "tcn")}
+    assert len(runs) == 3 + 3 + 4 * 2 * 3
+    for m in ("student", "kd"):  # no modes, one student: the grid's modes and n are ignored
+        assert {(r.mode, r.n_students) for r in by[m]} == {(None, 1)}
+        assert sorted(r.seed for r in by[m]) == [0, 1, 2]
+    assert {(r.mode, r.n_students) for r in by["tcn"]} == {(m, n) for m in ("ff", "gan") for n in (1, 2, 4, 8)}
+    assert all(r.dataset == "digits" for r in runs)
+    planned = plan(spec, "/nonexistent")
+    assert len({p.key for p in planned}) == 30 and all(p.status == "todo" for p in planned)
+
+
+def test_grid_defaults_and_explicit_seeds():
+    runs = SweepSpec.build(overrides={"method": "tcn"}).expand()
+    assert [(r.dataset, r.mode, r.n_students, r.seed) for r in runs] == [("mnist", "ff", 1, s) for s in (0, 1, 2)]
+    runs = SweepSpec.build(overrides={"method": ["kd"], "seeds": "0,5,7"}).expand()
+    assert [r.seed for r in runs] == [0, 5, 7]
+    runs = SweepSpec.build(overrides={"method": "kd", "seeds": [5]}).expand()
+    assert [r.seed for r in runs] == [5]
+
+
+def test_params_reach_the_methods_that_declare_them():
+    runs = SweepSpec.build(overrides={"method": "student,kd", "seeds": 1, "params": ["temperature=2,kd.alpha=0.5"]}).expand()
+    assert {r.method: r.params for r in runs} == {"student": {}, "kd": {"temperature": 2, "alpha": 0.5}}
+
+
+# -------------------------------------------------------------------------------------- run keys
+def test_same_spec_same_key_any_change_new_key():
+    base = {"method": "kd", "seeds": 1, **FAST}
+    k0 = keys(**base)
+    assert k0 == keys(**base) and len(k0) == 1
+    changes = [("dataset", "mnist-5k"), ("seeds", [1]), ("epochs", 2), ("batch_size", 32), ("lr", 0.01),
+               ("params", {"temperature": 2.0}), ("params", {"alpha": 0.5}), ("teacher", "plain4"),
+               ("teacher_epochs", 2), ("student", "plain2"), ("max_train", 299), ("val_fraction", 0.2),
+               ("split_seed", 1)]
+    seen = {k0[0]}
+    for name, value in changes:
+        k = keys(**{**base, name: value})
+        assert k[0] not in seen, f"changing {name} did not change the key"
+        seen.add(k[0])
+    tcn = {"method": "tcn", "seeds": 1, "dataset": "digits", "teacher": "plain2"}
+    variants = [keys(**tcn, students=[2]), keys(**tcn, students=[4]), keys(**tcn, students=[4], mode=["gan"]),
+                keys(**tcn, students=[4], budget="repo")]
+    assert len({v[0] for v in variants}) == 4
+    assert keys(**tcn, students=[2]) == keys(**tcn, students="2")
+
+
+# ------------------------------------------------------------------------------- YAML and presets
+def test_yaml_config_equals_options_and_options_override(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("method: [student, kd]\ndataset: digits\nteacher: plain2\nseeds: [0, 5]\n"
+                   "epochs: 3\nparams: {kd: {temperature: 2}}\nout: somewhere\n")
+    from_yaml = SweepSpec.build(config=cfg)
+    assert from_yaml.out == "somewhere"
+    same = SweepSpec.build(overrides={"method": "student,kd", "dataset": "digits", "teacher": "plain2",
+                                      "seeds": "0,5", "epochs": "3", "params": "kd.temperature=2"})
+    assert [p.key for p in plan(from_yaml, tmp_path)] == [p.key for p in plan(same, tmp_path)]
+    over = SweepSpec.build(config=cfg, overrides={"epochs": 1, "params": {"alpha": 0.5}}).expand()
+    assert {r.epochs for r in over} == {1}
+    assert [r.params for r in over if r.method == "kd"] == [{"temperature": 2, "alpha": 0.5}] * 2
+
+
+def test_groups_inherit_and_student_overrides_budget(tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("method: kd\ndataset: digits\nseeds: 1\nbudget: repo\n"
+                   "groups:\n  - teacher: plain4\n  - teacher: plain2\n    student: plain2\n")
+    runs = SweepSpec.build(config=cfg).expand()
+    assert [(r.teacher, r.student, r.budget) for r in runs] == [("plain4", "auto", "repo"), ("plain2", "plain2", "paper")]
+    runs = SweepSpec.build(config=cfg, overrides={"student": "image-student"}).expand()
+    assert {(r.student, r.budget) for r in runs} == {("image-student", "paper")}
+
+
+def test_presets_ship_and_parse():
+    names = {row["name"] for row in list_presets()}
+    assert {"tcn-table3-mnist", "tcn-table3-fashion-mnist", "tcn-table3-cifar10", "tcn-table3-imdb", "takd-table1",
+            "tcn-table7-imagenet"} <= names
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        spec = SweepSpec.build(preset=path.stem)
+        assert spec.groups and all(g.get("method") for g in spec.groups), path.name
+    mnist = plan(SweepSpec.build(preset="tcn-table3-mnist"), "/nonexistent")
+    assert len(mnist) == 3 + 3 + 4 * 2 * 3
+    assert {p.spec.val_fraction for p in mnist} == {0.2}  # one protocol, so one teacher for all methods
+    takd = SweepSpec.build(preset="takd-table1").expand()
+    assert {(r.teacher, r.student) for r in takd} == {("plain10", "plain2"), ("resnet110", "resnet8")}
+    assert all(r.params == ({"assistants": ["plain4"]} if r.student == "plain2" else {"assistants": ["resnet14"]})
+               for r in takd if r.method == "takd")
+    assert all(r.params == {} for r in takd if r.method != "takd")
+
+
+# ----------------------------------------------------------------------------------- bad input
+def _bad_yaml(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+BAD = [
+    (["--method", "tcn", "--students", "1,,2"], "empty item"),
+    (["--method", "tcn", "--students", "a"], "'a' is not an integer"),
+    (["--method", "tcn", "--students", "-1"], "must be >= 1"),
+    (["--method", "tcn", "--students", "2,2"], "twice"),
+    (["--method", "kd,nosuch"], "unknown method 'nosuch'"),
+    (["--method", "kd", "--student", "plain2", "--budget", "repo"], "contradict"),
+    (["--preset", "tcn-table3-mnist", "--config", "{yaml_ok}"], "contradict"),
+    (["--preset", "tcn-table3-mnst"], "did you mean 'tcn-table3-mnist'"),
+    (["--config", "{missing}"], "cannot read sweep config"),
+    (["--config", "{yaml_syntax}"], "not valid YAML"),
+    (["--config", "{yaml_field}"], "field 'students'"),
+    (["--config", "{yaml_unknown}"], "did you mean 'students'"),
+    (["--config", "{yaml_list}"], "must be a mapping"),
+    (["--method", "kd", "--out", "{a_file}"], "is not a directory"),
+    (["--method", "kd", "--seeds", "0"], "must be >= 1"),
+    (["--method", "tcn", "--mode", "bogus"], "no mode 'bogus'"),
+    (["--method", "kd", "--param", "temprature=2"], "no parameter 'temprature'"),
+    (["--method", "kd", "--workers", "0"], "--workers must be"),
+    (["--method", "kd", "--executor", "dask"], "unknown executor 'dask'"),
+    (["--method", "kd", "--address", "1.2.3.4:6379"], "--address is for --executor ray"),
+    (["--seeds", "2"], "no method given"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_nothing_written(argv, message, tmp_path, capsys):
+    subs = {"yaml_ok": _bad_yaml(tmp_path, "method: kd\n"), "missing": str(tmp_path / "nope.yaml")}
+    if "{yaml_syntax}" in argv:
+        subs["yaml_syntax"] = _bad_yaml(tmp_path, "method: [kd\nseeds: 2\n")
+    if "{yaml_field}" in argv:
+        subs["yaml_field"] = _bad_yaml(tmp_path, "method: tcn\nstudents: [1, x]\n")
+    if "{yaml_unknown}" in argv:
+        subs["yaml_unknown"] = _bad_yaml(tmp_path, "method: tcn\nstudnets: [1, 2]\n")
+    if "{yaml_list}" in argv:
+        subs["yaml_list"] = _bad_yaml(tmp_path, "- method: kd\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    subs["a_file"] = str(a_file)
+    argv = [a.format(**subs) if "{" in a else a for a in argv]
+    out = tmp_path / "out"
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    rc = main(["sweep", *argv, "--dataset", "digits"] if "--config" not in argv and "--preset" not in argv
+              else ["sweep", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdbench: error:"), err
+    assert message in lines[0]
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------- running: failures, dry run
+def test_failing_run_is_recorded_and_the_sweep_goes_on(test_methods, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["sweep", "--method", "student,sweeptest-raise", "--seeds", "2", *FAST_ARGS, "--out", str(out)]
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    recs = records(out)
+    status = sorted((r["spec"]["method"], r["status"]) for r in recs.values())
+    assert status == [("student", "ok"), ("student", "ok"), ("sweeptest-raise", "failed"), ("sweeptest-raise", "failed")]
+    failed = [r for r in recs.values() if r["status"] == "failed"]
+    assert all(r["error"]["type"] == "RuntimeError" and "deliberate" in r["error"]["message"] for r in failed)
+    assert "FAILED RuntimeError" in text and "2 failed" in text
+    assert all(not store.is_done(out, r["run_key"]) for r in failed)
+    # rerun: the ok runs are skipped (untouched), the failed ones are redone
+    mtimes = {k: store.record_path(out, k).stat().st_mtime_ns for k, r in recs.items() if r["status"] == "ok"}
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "2 run now, 2 already done" in text
+    assert {k: store.record_path(out, k).stat().st_mtime_ns for k in mtimes} == mtimes
+
+
+def test_dry_run_lists_runs_and_what_is_done(tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["sweep", "--method", "student", "--seeds", "2", *FAST_ARGS, "--out", str(out)]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "0 done" in capsys.readouterr().out and not out.exists()
+    assert main([*argv[:4], "1", *argv[5:]]) == 0  # seed 0 only
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "1 done" in text and "1 to run" in text and "student-digits-s1-" in text
+
+
+# --------------------------------------------------------------------------- API and determinism
+def test_api_sweep_is_deterministic_and_loads(tmp_path):
+    """The same specs run twice in this process give bit-identical metrics (timings aside)."""
+    kw = dict(seeds=1, latency=False, log=None, **FAST)
+    first = api.sweep(["student", "kd"], out=tmp_path / "a", **kw)
+    second = api.sweep("student,kd", out=tmp_path / "b", **kw)
+    assert first.ok and second.ok and first.ran == 2 and len(first.records) == 2
+    assert [comparable(r) for r in first.records] == [comparable(r) for r in second.records]
+    assert all(isinstance(r["metrics"]["test_acc_valbest"], float) for r in first.records)
+    df = api.load_results(tmp_path / "a")
+    assert sorted(df["run_key"]) == sorted(first.df["run_key"]) and len(df) == 2
+    summary = first.summary()
+    assert list(summary["method"]) == ["student", "kd"] and list(summary["n_seeds"]) == [1, 1]
+    again = api.sweep(["student", "kd"], out=tmp_path / "a", **kw)  # resume: nothing left to do
+    assert again.ran == 0 and again.skipped == 2 and again.ok
+
+
+def test_api_rejects_unknown_fields():
+    from kdbench.errors import KdbenchError
+
+    with pytest.raises(KdbenchError, match="did you mean 'students'"):
+        api.sweep("tcn", studnets=[1, 2], dry_run=True)
+
+
+def test_out_defaults_to_the_preset_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = api.sweep(preset="tcn-table3-mnist", dry_run=True, log=None)
+    assert res.out_dir == Path("results/tcn-table3-mnist") and not res.out_dir.exists()
+    assert os.listdir(tmp_path) == []

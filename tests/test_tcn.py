@@ -1,0 +1,390 @@
+"""Teacher-Class Network (`tcn`): chunking, concatenation order, GAN steps, losses, fusion, errors,
+and short end-to-end runs. Expected values are computed by hand in the tests."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kdbench.config import RunSpec, TeacherRecipe
+from kdbench.data.base import DataSpec, Split, Splits
+from kdbench.engine import Batch
+from kdbench.errors import KdbenchError
+from kdbench.method import Context, Schedule, Targets, build_params, get_method
+from kdbench.tcn_fuse import FusedConcat, Single, Stacked, tensors_of
+
+tcn = pytest.importorskip("kdbench.methods.tcn")
+TCN = get_method("tcn")
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+def tiny_teacher(width: int = 8, classes: int = 3) -> nn.Module:
+    """An arbitrary module (no zoo protocol): dense view = input of its last Linear."""
+    torch.manual_seed(123)
+    t = nn.Sequential(nn.Flatten(), nn.Linear(16, width), nn.ReLU(), nn.Linear(width, classes)).eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t
+
+
+def teacher_features(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher[2](teacher[1](teacher[0](x)))
+
+
+def tiny_splits(teacher: nn.Module, n_train: int = 96, n_val: int = 32, n_test: int = 32) -> Splits:
+    g = torch.Generator().manual_seed(7)
+
+    def split(n: int) -> Split:
+        x = torch.rand(n, 1, 4, 4, generator=g)
+        with torch.no_grad():
+            y = teacher(x).argmax(1)
+        return Split(x, y)
+
+    return Splits("tiny", split(n_train), split(n_val), split(n_test), DataSpec((1, 4, 4), 3))
+
+
+def make_ctx(teacher: nn.Module | None = None, n: int = 2, mode: str | None = "ff", epochs: int = 3, calls: list | None = None,
+             n_train: int = 96, optimizer: str | None = None, lr: float | None = None, **params) -> tuple[Context, object]:
+    teacher = teacher if teacher is not None else tiny_teacher()
+    data = tiny_splits(teacher, n_train=n_train)
+    spec = RunSpec(method="tcn", dataset="tiny", n_students=n, mode=mode, seed=3, params=params)
+
+    def targets(split: str) -> Targets:
+        x = getattr(data, split).x
+        return Targets(logits=teacher(x), features=teacher_features(teacher, x))
+
+    def make_student(out_features=None, n_students=None, arch=None):
+        if calls is not None:
+            calls.append(out_features)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, out_features))
+
+    sched = TCN.schedule(spec, build_params(TCN, params))
+    sched.epochs, sched.batch_size = epochs, 32
+    sched.optimizer, sched.lr = optimizer or sched.optimizer, lr or sched.lr
+    ctx = Context(spec=spec, data=data, device=torch.device("cpu"), schedule=sched, teacher=teacher, targets=targets,
+                  make_student=make_student, make_model=lambda *a, **k: None, progress=False)
+    return ctx, TCN(build_params(TCN, params))
+
+
+# ----------------------------------------------------------------------------------- chunking
+
+def test_chunk_sizes_equal_and_array_split():
+    assert tcn.chunk_sizes(256, 4) == [64, 64, 64, 64]
+    assert tcn.chunk_sizes(256, 1) == [256]
+    assert tcn.chunk_sizes(10, 3) == [4, 3, 3]  # numpy.array_split: the first 10 % 3 chunks one wider
+    assert tcn.chunk_sizes(256, 6) == [43, 43, 43, 43, 42, 42]
+    assert tcn.chunk_bounds([4, 3, 3]) == [(0, 4), (4, 7), (7, 10)]
+    assert tcn.chunk_sizes(5, 5) == [1] * 5
+
+
+def test_more_students_than_features_is_one_clear_error():
+    with pytest.raises(KdbenchError, match="--students 9 exceeds the teacher's dense width 8"):
+        tcn.chunk_sizes(8, 9)
+
+
+# --------------------------------------------------------------------------- concatenation order
+
+class ChunkOracle(nn.Module):
+    """A perfect student: outputs exactly the teacher's chunk [a, b)."""
+
+    def __init__(self, teacher: nn.Module, a: int, b: int):
+        super().__init__()
+        self.teacher, self.a, self.b = [teacher], a, b
+
+    def forward(self, x):
+        return teacher_features(self.teacher[0], x)[:, self.a : self.b]
+
+
+def test_perfect_students_reproduce_teacher_logits_only_in_chunk_order():
+    teacher = tiny_teacher(width=8)
+    x = torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    bounds = tcn.chunk_bounds(tcn.chunk_sizes(8, 3))
+    oracles = [ChunkOracle(teacher, a, b) for a, b in bounds]
+    head = copy.deepcopy(teacher[3])
+    with torch.no_grad():
+        right = tcn.TCNPredictor(oracles, head)(x)
+        wrong = tcn.TCNPredictor(oracles[::-1], head)(x)
+        expected = teacher(x)
+    torch.testing.assert_close(right, expected, rtol=0, atol=1e-6)
+    assert (wrong - expected).abs().max() > 1e-2
+
+
+def test_fused_concat_keeps_chunk_order_across_groups():
+    torch.manual_seed(0)
+    mods = [nn.Linear(5, 3), nn.Linear(5, 2), nn.Linear(5, 3), nn.Linear(5, 2)]  # two architectures, interleaved
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        expected = torch.cat([m(x) for m in mods], dim=1)
+        got = FusedConcat(mods)(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+def test_paper_intent_and_code_faithful_g_loss_values():
+    v = torch.tensor([[[0.5], [-1.0]]])  # (k=1, B=2, 1) valid logits
+    out = torch.tensor([[[1.0, 2.0], [0.0, -1.0]]])
+    t = torch.tensor([[[0.0, 2.0], [1.0, 1.0]]])
+    recon = torch.tensor([[[0.5, 2.5], [1.0, 0.0]]])
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    adv = -(math.log(sig(0.5)) + math.log(sig(-1.0))) / 2
+    mse_out = (1 + 0 + 1 + 4) / 4
+    mse_recon = (0.25 + 0.25 + 0 + 1) / 4
+    got = tcn.g_loss(v, recon, out, t, "paper-intent", 0.5)
+    assert got["bce"].item() == pytest.approx(adv, rel=1e-6)
+    assert got["mse"].item() == pytest.approx(0.5 * mse_out, rel=1e-6)
+    got = tcn.g_loss(v, recon, out, t, "code-faithful", 0.5)
+    assert got["mse"].item() == pytest.approx(mse_recon, rel=1e-6)  # S is never regressed on t directly
+    fake = tcn.d_loss(v, recon, t, real=False)
+    assert fake["bce"].item() == pytest.approx(-(math.log(1 - sig(0.5)) + math.log(1 - sig(-1.0))) / 2, rel=1e-6)
+    assert tcn.d_loss(v, recon, t, real=True)["bce"].item() == pytest.approx(adv, rel=1e-6)
+
+
+def test_losses_sum_over_students():
+    a, b = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
+    b[1] *= 2
+    assert tcn.mse_per_student(a, b).tolist() == [1.0, 4.0]
+
+
+# ------------------------------------------------------------------------------- GAN step order
+
+def _snap(m: nn.Module) -> dict[str, torch.Tensor]:
+    return tensors_of(m)
+
+
+def _changed(before, after, names=None) -> set[str]:
+    return {n for n in before if (names is None or n in names) and not torch.equal(before[n], after[n])}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("g_step_bn", ["inference", "batch"])
+def test_gan_step_order_and_what_each_step_updates(fused, g_step_bn):
+    torch.manual_seed(0)
+    k, w = (2 if fused else 1), 4
+    ss = [nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, w)) for _ in range(k)]
+    ds = [tcn.Discriminator(w) for _ in range(k)]
+    s = Stacked(ss) if fused else Single(ss[0])
+    d = Stacked(ds, batched_input=True) if fused else Single(ds[0], batched_input=True)
+    s.train(), d.train()
+    t_all = torch.randn(16, k, w)
+    batch = Batch(torch.randn(16, 6), torch.zeros(16, dtype=torch.long), torch.arange(16))
+    opt_s, opt_d = torch.optim.Adam(s.parameters(), 1e-2), torch.optim.Adam(d.parameters(), 1e-2)
+    steps = tcn.gan_steps(s, d, opt_s, opt_d, lambda b: t_all[b.idx].transpose(0, 1), "code-faithful", 1.0, g_step_bn)
+    assert [st.name for st in steps] == ["d_real", "d_fake", "g"]
+    d_params = {n for n, _ in d.named_parameters()}
+    d_stats = {n for n, _ in d.named_buffers() if "running" in n}
+    for st in steps:  # exactly what the shared loop does per batch
+        s0, d0 = _snap(s), _snap(d)
+        opt_s.zero_grad(set_to_none=True), opt_d.zero_grad(set_to_none=True)
+        total = sum(st.loss_fn(batch).values())
+        st.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        st.optimizer.step()
+        s1, d1 = _snap(s), _snap(d)
+        if st.name.startswith("d_"):
+            assert not _changed(s0, s1), "a D step must not touch the student"
+            assert _changed(d0, d1, d_params) == d_params
+            assert _changed(d0, d1, d_stats) == d_stats  # batch statistics of an all-real / all-fake batch
+        else:
+            assert _changed(s0, s1) == set(s0), "the G step updates every student parameter"
+            assert not _changed(d0, d1, d_params), "the G step must not update D"
+            assert all(p.grad is None for p in d.parameters()), "no gradient reaches the frozen D"
+            stats_moved = _changed(d0, d1, d_stats)
+            assert stats_moved == (d_stats if g_step_bn == "batch" else set())
+
+
+def test_discriminator_matches_spec():
+    d = tcn.Discriminator(32)
+    lin = [m for m in d.trunk if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in lin] == [64, 128, 256, 512, 1024]
+    bns = [m for m in d.trunk if isinstance(m, nn.BatchNorm1d)]
+    assert len(bns) == 4 and all(b.momentum == pytest.approx(0.01) and b.eps == 1e-3 for b in bns)  # Keras 0.99 / 1e-3
+    assert not isinstance(d.trunk[2], nn.BatchNorm1d)  # Dense64 has no BN
+    v, r = d(torch.randn(5, 32))
+    assert v.shape == (5, 1) and r.shape == (5, 32)
+
+
+# ------------------------------------------------------------------------------- fused training
+
+@pytest.mark.parametrize("mode,n", [("ff", 2), ("ff", 3), ("gan", 2)])
+def test_fused_training_equals_sequential(mode, n):
+    results = {}
+    for fused in (False, True):
+        ctx, method = make_ctx(n=n, mode=mode, fused=fused, finetune=False)
+        results[fused] = method.fit(ctx)
+    seq, fus = results[False], results[True]
+    assert fus.metrics["fused_groups"] == ([[0, 1]] if n == 2 else [[0, 1], [2]])  # 8 = 3+3+2
+    assert seq.metrics["fused_groups"] == [[j] for j in range(n)]
+    for state in ("last_state", "valbest_state"):
+        a, b = getattr(seq, state), getattr(fus, state)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{state} {key}")
+    assert seq.metrics["best_epoch_per_student"] == fus.metrics["best_epoch_per_student"]
+    assert seq.metrics["feature_mse"] == pytest.approx(fus.metrics["feature_mse"], abs=1e-6)
+
+
+def test_stacked_batchnorm_updates_each_copy_like_alone():
+    torch.manual_seed(1)
+    mods = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)) for _ in range(3)]
+    ref = copy.deepcopy(mods)
+    st = Stacked(mods).train()
+    x = torch.randn(8, 3)
+    out = st(x)
+    expected = torch.stack([m.train()(x) for m in ref])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    for i, m in enumerate(ref):
+        torch.testing.assert_close(st.member_tensors(i)["1.running_var"], m[1].running_var)
+
+
+# ------------------------------------------------------------------------------ fit semantics
+
+def test_fit_pairs_student_j_with_chunk_j_and_reports_mse():
+    ctx, method = make_ctx(n=3, finetune=False)
+    fit = method.fit(ctx)
+    pred = fit.predictor
+    pred.load_state_dict(fit.valbest_state)
+    feats = teacher_features(ctx.teacher, ctx.data.val.x)
+    bounds = tcn.chunk_bounds([3, 3, 2])
+    with torch.no_grad():
+        per = [float(((s(ctx.data.val.x) - feats[:, a:b]) ** 2).mean()) for s, (a, b) in zip(pred.students, bounds)]
+    assert fit.metrics["chunk_sizes"] == [3, 3, 2]
+    assert fit.metrics["feature_mse_per_student"] == pytest.approx(per, rel=1e-5)
+    assert fit.metrics["feature_mse"] == pytest.approx((3 * per[0] + 3 * per[1] + 2 * per[2]) / 8, rel=1e-5)
+    # val-best per student: the history's per-student val MSE is minimal at the reported epoch
+    rows = [r for r in fit.history if r["stage"] == "students"]
+    for j in range(3):
+        curve = [r[f"val_mse_s{j}"] for r in rows if f"val_mse_s{j}" in r]
+        assert fit.metrics["best_epoch_per_student"][j] == 1 + curve.index(min(curve))
+        assert per[j] == pytest.approx(min(curve), rel=1e-5)
+    # without fine-tuning the head is the teacher's classifier, and the accuracy is recomputable
+    torch.testing.assert_close(pred.head.weight, ctx.teacher[3].weight)
+    with torch.no_grad():
+        acc = 100.0 * float((pred(ctx.data.test.x).argmax(1) == ctx.data.test.y).float().mean())
+    assert fit.metrics["test_acc_valbest_no_finetune"] == pytest.approx(acc)
+    assert fit.metrics["finetuned"] is False
+    assert len(fit.parts["students"]) == 3 and fit.parts["students"][0] is pred.students[0]
+
+
+def test_finetune_trains_only_the_head():
+    plain, ft = (make_ctx(n=2, finetune=f, finetune_epochs=2) for f in (False, True))
+    a, b = plain[1].fit(plain[0]), ft[1].fit(ft[0])
+    assert b.metrics["finetuned"] is True
+    for key in a.valbest_state:
+        if key.startswith("students."):
+            torch.testing.assert_close(b.valbest_state[key], a.valbest_state[key], rtol=0, atol=0)
+    assert not torch.equal(b.valbest_state["head.weight"], a.valbest_state["head.weight"])
+    assert not ft[0].teacher[3].weight.requires_grad  # the teacher itself is untouched and frozen
+    assert {"test_acc_no_finetune", "test_acc_valbest_no_finetune", "val_acc_valbest_finetune"} <= set(b.metrics)
+
+
+def test_gan_fit_reports_discriminator_probabilities():
+    ctx, method = make_ctx(n=2, mode="gan", epochs=2, finetune=False, gan_variant="paper-intent")
+    fit = method.fit(ctx)
+    m = fit.metrics
+    assert m["gan_variant"] == "paper-intent" and m["g_step_bn"] == "inference" and m["mode"] == "gan"
+    assert 0.0 <= m["d_valid_real"] <= 1.0 and 0.0 <= m["d_valid_fake"] <= 1.0
+    assert len(m["d_valid_real_per_student"]) == 2
+    assert [r["stage"] for r in fit.history].count("students") == 2
+    assert {"d_real/bce", "d_fake/bce", "g/mse"} <= set(fit.history[0])
+
+
+def test_latency_fn_reports_three_variants():
+    ctx, method = make_ctx(n=2, epochs=1, finetune=False)
+    fit = method.fit(ctx)
+    lat = fit.parts["latency_fn"](ctx.data.test.x[:1], torch.device("cpu"))
+    assert set(lat) == {"b1", "b256"}
+    for row in lat.values():
+        assert set(row) == {"sequential", "fused", "parallel"} and all(v > 0 for v in row.values())
+
+
+# ---------------------------------------------------------------------------------- errors
+
+def test_errors_before_training():
+    calls: list = []
+    ctx, method = make_ctx(n=9, calls=calls)  # dense width 8
+    with pytest.raises(KdbenchError, match="exceeds the teacher's dense width 8"):
+        method.fit(ctx)
+    assert calls == [], "no student may be built before the chunking is known to be possible"
+
+    conv_only = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    ctx, method = make_ctx(n=2, calls=calls)
+    ctx.teacher = conv_only
+    with pytest.raises(KdbenchError, match="no dense layer"):
+        method.fit(ctx)
+    assert calls == []
+
+
+def test_validate_modes_params_and_width():
+    params = build_params(TCN, {})
+    TCN.validate(RunSpec(method="tcn", dataset="mnist", mode=None, n_students=4), params)  # no mode = ff
+    with pytest.raises(KdbenchError, match="does not take --mode dist"):
+        TCN.validate(RunSpec(method="tcn", dataset="mnist", mode="dist"), params)
+    with pytest.raises(KdbenchError, match="exceeds the teacher's dense width 256"):
+        TCN.validate(RunSpec(method="tcn", dataset="mnist", mode="ff", n_students=300, teacher="paper-mnist-teacher"), params)
+    with pytest.raises(KdbenchError, match="finetune_epochs"):
+        TCN.validate(RunSpec(method="tcn", dataset="mnist", mode="ff"), build_params(TCN, {"finetune_epochs": 0}))
+    with pytest.raises(KdbenchError, match="gan_variant"):
+        build_params(TCN, {"gan_variant": "paper"})
+
+
+def test_schedule_defaults():
+    p = build_params(TCN, {})
+    sched = lambda **kw: TCN.schedule(RunSpec(method="tcn", **kw), p)  # noqa: E731
+    assert [sched(dataset="mnist", mode="ff", n_students=n).epochs for n in (1, 2, 4, 8)] == [20, 10, 10, 20]
+    assert sched(dataset="fashion-mnist", mode="ff").epochs == 10
+    s = sched(dataset="mnist", mode="ff")
+    assert (s.lr, s.batch_size, s.optimizer) == (1e-3, 128, "adam")
+    s = sched(dataset="cifar10-jpeg", mode="ff")
+    assert (s.lr, s.batch_size) == (2e-4, 256)
+    s = sched(dataset="mnist", mode="gan", n_students=4)
+    assert (s.epochs, s.lr) == (40, 2e-4)
+
+
+# ------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KDBENCH_CACHE", str(tmp_path_factory.mktemp("tcn-cache")))
+    mp.setenv("KDBENCH_PROGRESS", "0")
+    yield
+    mp.undo()
+
+
+@pytest.mark.parametrize("mode", ["ff", "gan"])
+def test_end_to_end_digits(cache, tmp_path, mode):
+    """Package-shipped real digits (no data root): the whole runner path, 2 epochs."""
+    from kdbench.runner import execute
+
+    spec = RunSpec(method="tcn", dataset="digits", mode=mode, n_students=2, epochs=2, device="cpu",
+                   teacher_recipe=TeacherRecipe(epochs=2, batch_size=64), params={"finetune_epochs": 1})
+    rec = execute(spec, tmp_path, latency=mode == "ff")
+    assert rec["status"] == "ok", rec.get("error")
+    m = rec["metrics"]
+    assert m["chunk_sizes"] == [128, 128] and m["mode"] == mode and m["epochs_per_student"] == [2, 2]
+    assert len(m["params_per_student"]) == 2 and m["params"] == sum(m["params_per_student"]) + 256 * 10 + 10
+    assert math.isfinite(m["feature_mse"]) and 0 <= m["test_acc"] <= 100
+    if mode == "ff":
+        assert set(m["latency"]["b1"]) >= {"sequential", "fused", "parallel", "teacher"}
+    else:
+        assert m["gan_variant"] == "code-faithful" and "d_valid_fake" in m
+
+
+@pytest.mark.parametrize("mode", ["ff", "gan"])
+def test_end_to_end_mnist(cache, tmp_path, data_root, mode):
+    from kdbench.runner import execute
+
+    spec = RunSpec(method="tcn", dataset="mnist", mode=mode, n_students=2, epochs=2, max_train=1000, device="cpu",
+                   teacher_recipe=TeacherRecipe(epochs=1), params={"finetune": False, "gan_variant": "paper-intent"})
+    rec = execute(spec, tmp_path, data_root=data_root, latency=False)
+    assert rec["status"] == "ok", rec.get("error")
+    m = rec["metrics"]
+    assert m["chunk_sizes"] == [128, 128] and m["finetuned"] is False
+    assert m["test_acc"] == pytest.approx(m["test_acc_no_finetune"])  # nothing fine-tuned: same predictor
+    assert m["test_acc_valbest"] > 50.0  # a 1-epoch teacher on 1000 images; chunks and head line up
