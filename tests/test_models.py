@@ -279,6 +279,13 @@ def test_timm_models_follow_the_protocol(arch, dim, spec):
     assert torch.allclose(raw.features(x), feats, atol=1e-5)
 
 
+def test_timm_classifier_assignment_reaches_the_network():
+    model = create_model("timm/resnet18", CIFAR).eval()
+    model.classifier = nn.Linear(512, 4)
+    assert model.net.fc is model.classifier
+    assert model(_input(CIFAR, 2)).shape == (2, 4)
+
+
 def test_timm_unknown_arch_suggests():
     with pytest.raises(KdbenchError, match="timm/resnet18"):
         create_model("timm/resnet81", CIFAR)

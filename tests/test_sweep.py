@@ -12,11 +12,12 @@ from kdbench.cli import main
 from kdbench.method import METHODS, load_methods
 from kdbench.sweep import PRESET_DIR, SweepSpec, list_presets, plan
 
-# tiny and fast: 8x8 digits (shipped with scikit-learn), 300 training images, one epoch, a plain2
-# teacher trained for one epoch (cached once per test session)
-FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1}
+# tiny and fast: 8x8 digits (shipped with scikit-learn), 300 training images, one epoch, plain2
+# students and a plain2 teacher trained for one epoch (cached once per test session), one torch
+# thread per run (a shared, busy CPU makes several threads per run much slower)
+FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2"}
 FAST_ARGS = ["--dataset", "digits", "--epochs", "1", "--max-train", "300", "--teacher", "plain2",
-             "--teacher-epochs", "1", "--no-latency"]
+             "--teacher-epochs", "1", "--student", "plain2", "--no-latency", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +76,7 @@ def test_same_spec_same_key_any_change_new_key():
     assert k0 == keys(**base) and len(k0) == 1
     changes = [("dataset", "mnist-5k"), ("seeds", [1]), ("epochs", 2), ("batch_size", 32), ("lr", 0.01),
                ("params", {"temperature": 2.0}), ("params", {"alpha": 0.5}), ("teacher", "plain4"),
-               ("teacher_epochs", 2), ("student", "plain2"), ("max_train", 299), ("val_fraction", 0.2),
+               ("teacher_epochs", 2), ("student", "plain4"), ("max_train", 299), ("val_fraction", 0.2),
                ("split_seed", 1)]
     seen = {k0[0]}
     for name, value in changes:
@@ -227,7 +228,7 @@ def test_dry_run_lists_runs_and_what_is_done(tmp_path, capsys):
 # --------------------------------------------------------------------------- API and determinism
 def test_api_sweep_is_deterministic_and_loads(tmp_path):
     """The same specs run twice in this process give bit-identical metrics (timings aside)."""
-    kw = dict(seeds=1, latency=False, log=None, **FAST)
+    kw = dict(seeds=1, latency=False, log=None, threads=1, **FAST)
     first = api.sweep(["student", "kd"], out=tmp_path / "a", **kw)
     second = api.sweep("student,kd", out=tmp_path / "b", **kw)
     assert first.ok and second.ok and first.ran == 2 and len(first.records) == 2

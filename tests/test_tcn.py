@@ -22,6 +22,15 @@ TCN = get_method("tcn")
 
 # ----------------------------------------------------------------------------------- fixtures
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: threads only add contention on a shared machine (and cost nothing here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_teacher(width: int = 8, classes: int = 3) -> nn.Module:
     """An arbitrary module (no zoo protocol): dense view = input of its last Linear."""
     torch.manual_seed(123)
@@ -211,13 +220,19 @@ def test_discriminator_matches_spec():
 
 # ------------------------------------------------------------------------------- fused training
 
-@pytest.mark.parametrize("mode,n", [("ff", 2), ("ff", 3), ("gan", 2)])
-def test_fused_training_equals_sequential(mode, n):
-    results = {}
+def _fit_both(**kw):
+    out = {}
     for fused in (False, True):
-        ctx, method = make_ctx(n=n, mode=mode, fused=fused, finetune=False)
-        results[fused] = method.fit(ctx)
-    seq, fus = results[False], results[True]
+        ctx, method = make_ctx(fused=fused, finetune=False, **kw)
+        out[fused] = method.fit(ctx)
+    return out[False], out[True]
+
+
+@pytest.mark.parametrize("mode,n,optimizer,lr", [("ff", 2, None, None), ("ff", 3, None, None), ("gan", 2, "sgd", 2e-3)])
+def test_fused_training_equals_sequential(mode, n, optimizer, lr):
+    """Same init, same batch order: fused and one-by-one training give the same weights (1e-5).
+    The GAN case runs with SGD: see test_fused_gan_with_adam_agrees_statistically for Adam."""
+    seq, fus = _fit_both(n=n, mode=mode, optimizer=optimizer, lr=lr)
     assert fus.metrics["fused_groups"] == ([[0, 1]] if n == 2 else [[0, 1], [2]])  # 8 = 3+3+2
     assert seq.metrics["fused_groups"] == [[j] for j in range(n)]
     for state in ("last_state", "valbest_state"):
@@ -227,6 +242,17 @@ def test_fused_training_equals_sequential(mode, n):
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{state} {key}")
     assert seq.metrics["best_epoch_per_student"] == fus.metrics["best_epoch_per_student"]
     assert seq.metrics["feature_mse"] == pytest.approx(fus.metrics["feature_mse"], abs=1e-6)
+
+
+def test_fused_gan_with_adam_agrees_statistically():
+    """With Adam, D's first Dense bias has an exactly-zero gradient for units that stay on one side
+    of the LeakyReLU over a batch (the next Dense feeds a BN); Adam normalises the ~1e-7
+    reassociation noise of that zero into +-lr steps, so fused and sequential GANs drift apart
+    (as two BLAS builds would) while learning the same: compare outcomes, not bits."""
+    seq, fus = _fit_both(n=2, mode="gan")
+    assert fus.metrics["feature_mse"] == pytest.approx(seq.metrics["feature_mse"], rel=1e-3)
+    drift = max(float((seq.last_state[k] - fus.last_state[k]).abs().max()) for k in seq.last_state)
+    assert drift < 1e-2
 
 
 def test_stacked_batchnorm_updates_each_copy_like_alone():

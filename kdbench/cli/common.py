@@ -32,7 +32,7 @@ def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
     if not rows:
         print("(nothing)")
         return
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).convert_dtypes()  # keep integer counts integers when a column has gaps
     if columns:
         df = df[[c for c in columns if c in df.columns]]
     print(df.to_markdown(index=False, floatfmt=".4g"))

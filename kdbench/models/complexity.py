@@ -49,4 +49,4 @@ def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] |
     finally:
         fv_logger.setLevel(old_level)
         model.train(was_training)
-    return total // int(x.shape[0]) if x.shape[0] > 1 else total
+    return total // max(1, int(x.shape[0]))  # an explicit batch is reported per sample

@@ -85,6 +85,20 @@ class StagedNet(ZooModel):
         return self.neck(self.feature_map(x))
 
 
+def module_name(root: nn.Module, sub: nn.Module) -> str | None:
+    """Qualified name of `sub` inside `root` ('' for `root` itself), None if absent."""
+    return next((name for name, m in root.named_modules() if m is sub), None)
+
+
+def replace_submodule(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` where `old` sits inside `root` (e.g. a wrapped network's classifier)."""
+    name = module_name(root, old)
+    if not name:
+        raise KdbenchError(f"{type(old).__name__} is not a submodule of {type(root).__name__}")
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
 def require_image(spec: DataSpec, model: str) -> tuple[int, int, int]:
     """(C, H, W) of an image spec, or a clear error."""
     if spec.modality != "image" or len(spec.input_shape) != 3:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..data.base import DataSpec
 from ..errors import KdbenchError
 from .dense import timm_feature_dim
-from .protocol import ZooModel, make_normalize, require_image
+from .protocol import ZooModel, make_normalize, replace_submodule, require_image
 
 
 class TimmModel(ZooModel):
@@ -29,6 +29,13 @@ class TimmModel(ZooModel):
     @property
     def classifier(self) -> nn.Module:  # type: ignore[override]
         return self.net.get_classifier()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # assigning `classifier` swaps timm's own head layer, so `net(x)` uses it too
+        if name == "classifier" and "net" in self._modules:
+            replace_submodule(self.net, self.net.get_classifier(), value)
+        else:
+            super().__setattr__(name, value)
 
     def feature_map(self, x: Tensor) -> Tensor:
         """timm's `forward_features`: (N, C, H, W) for CNNs, tokens (N, T, D) for transformers."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import KdbenchError
+from .protocol import module_name
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -60,11 +61,6 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def module_prefix(model: nn.Module, sub: nn.Module) -> str | None:
-    """Qualified name of `sub` inside `model` ('' for the model itself), None if absent."""
-    return next((name for name, m in model.named_modules() if m is sub), None)
-
-
 def load_state_checked(
     model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint", drop_prefix: str | None = None
 ) -> list[str]:
@@ -104,7 +100,7 @@ def load_weights(model: nn.Module, path: str | Path, *, drop_mismatched_classifi
     if drop_mismatched_classifier:
         from .dense import dense_view
 
-        name = module_prefix(model, dense_view(model).classifier)
+        name = module_name(model, dense_view(model).classifier)
         prefix = f"{name}." if name else None
     dropped = load_state_checked(model, state, source=str(path), drop_prefix=prefix)
     return {
