@@ -100,6 +100,8 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
         return SweepResult(out_dir, spec, planned, _records(out_dir, planned), dry_run=True,
                            skipped=sum(p.status == "done" for p in planned))
     todo = [p for p in planned if p.status != "done"]
+    if not (executor == "ray" and address):  # a remote cluster's nodes have their own data roots
+        check_data(todo, data_root)
     skipped = len(planned) - len(todo)
     ran = 0
     if todo:
@@ -109,6 +111,19 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     if report:
         result.report_dir = _report(out_dir, report_dir, report_name or spec.name or out_dir.name, log)
     return result
+
+
+def check_data(planned: Sequence[PlannedRun], data_root: str | Path | None) -> None:
+    """Missing data is bad input: one line saying where it was looked for and how to get it,
+    before anything runs (not one failed record per run)."""
+    from .data import DATASETS, locate
+    from .data.catalogue import missing_message, package_available
+
+    for name in dict.fromkeys(p.spec.dataset for p in planned):
+        entry = DATASETS.get(name)
+        present = locate(entry, data_root) is not None if entry.needs_root else package_available(entry)
+        if not present:
+            raise KdbenchError(missing_message(entry, data_root))
 
 
 def _records(out_dir: Path, planned: Sequence[PlannedRun]) -> list[dict[str, Any]]:

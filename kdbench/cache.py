@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -102,7 +103,19 @@ class CacheEntry:
         with self.lock:
             if self.valid(warn=False):
                 return self.meta(), False  # type: ignore[return-value]
+            self.remove_strays()
             return self.build(writer), True
+
+    def remove_strays(self) -> None:
+        """Delete temporary build folders of this entry left by a killed writer (call under the lock:
+        then nobody else is building this entry). Other entries' folders are never touched."""
+        pattern = re.compile(rf"^\.{re.escape(self.dir.name)}\.[A-Za-z0-9_]{{8}}$")
+        try:
+            strays = [p for p in self.dir.parent.iterdir() if pattern.match(p.name) and p.is_dir()]
+        except OSError:
+            return
+        for p in strays:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def save_array(dirpath: Path, name: str, array: np.ndarray) -> None:

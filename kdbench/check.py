@@ -372,7 +372,10 @@ def summarize(results_dir: str | Path, metrics: Iterable[str] = SUMMARY_METRICS,
               protocol: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
               date: str | None = None) -> dict[str, Any]:
     """The summary.json content of a baseline directory: per cell and metric, seeds, values, mean, std, n."""
-    git = git if git is not None else git_info(Path(__file__).resolve().parent)
+    if git is None:  # the checkout the code ran from; else the current directory (a non-editable install)
+        git = git_info(Path(__file__).resolve().parent)
+        if git["git_commit"] is None:
+            git = git_info()
     date = date or datetime.now(timezone.utc).isoformat(timespec="seconds")
     entries = []
     for metric in metrics:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,18 +59,80 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        """A spec from its dict form (a record's `spec`, API keyword arguments); fields are type-checked."""
+        if not isinstance(d, dict):
+            raise KdbenchError(f"a run spec must be a mapping of fields, not a {type(d).__name__}")
         d = dict(d)
+        if "method" not in d:
+            raise KdbenchError("the run spec has no 'method'")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - {"params_changed", "code_version", "optimizer"})
+        unknown = sorted(set(map(str, d)) - known - {"params_changed", "code_version", "optimizer"})
         if unknown:
             raise KdbenchError(f"unknown run field(s): {', '.join(unknown)}")
         d = {k: v for k, v in d.items() if k in known}
+        if d.get("params") is None:
+            d.pop("params", None)
         if isinstance(d.get("teacher_recipe"), dict):
-            d["teacher_recipe"] = TeacherRecipe(**d["teacher_recipe"])
-        return cls(**d)
+            d["teacher_recipe"] = recipe_from_dict(d["teacher_recipe"])
+        spec = cls(**d)
+        check_fields(spec)
+        return spec
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
+
+
+def recipe_from_dict(d: Any) -> TeacherRecipe:
+    if not isinstance(d, dict):
+        raise KdbenchError(f"field 'teacher_recipe' must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(TeacherRecipe)}
+    unknown = sorted(set(map(str, d)) - known)
+    if unknown:
+        raise KdbenchError(f"unknown teacher_recipe field(s): {', '.join(unknown)} (fields: {', '.join(sorted(known))})")
+    return TeacherRecipe(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_fields(spec: "RunSpec") -> None:
+    """Reject fields of the wrong type or range with one clear line (a hand-edited record or an API
+    call can carry anything; the CLI and YAML parsers already type their values)."""
+    def need(ok: bool, name: str, what: str, value: Any) -> None:
+        if not ok:
+            raise KdbenchError(f"run field '{name}' must be {what}, got {value!r}")
+
+    for name in ("method", "dataset", "teacher", "student", "budget", "device"):
+        value = getattr(spec, name)
+        need(isinstance(value, str) and bool(value.strip()), name, "a non-empty string", value)
+    need(spec.mode is None or (isinstance(spec.mode, str) and bool(spec.mode)), "mode", "a name or null", spec.mode)
+    need(isinstance(spec.params, dict) and all(isinstance(k, str) for k in spec.params), "params",
+         "a mapping of parameter names to values", spec.params)
+    need(_is_int(spec.n_students) and spec.n_students >= 1, "n_students", "an integer >= 1", spec.n_students)
+    for name in ("seed", "split_seed"):
+        value = getattr(spec, name)
+        need(_is_int(value) and value >= 0, name, "an integer >= 0", value)
+    for name in ("epochs", "batch_size", "max_train"):
+        value = getattr(spec, name)
+        need(value is None or (_is_int(value) and value >= 1), name, "an integer >= 1 (or null)", value)
+    need(spec.lr is None or (_is_number(spec.lr) and spec.lr > 0), "lr", "a finite number > 0 (or null)", spec.lr)
+    need(spec.val_fraction is None or (_is_number(spec.val_fraction) and 0 < spec.val_fraction < 1), "val_fraction",
+         "a number in (0, 1) (or null)", spec.val_fraction)
+    r = spec.teacher_recipe
+    need(r is None or isinstance(r, TeacherRecipe), "teacher_recipe", "a teacher recipe (or null)", r)
+    if r is not None:
+        for name, ok, what in (("epochs", _is_int(r.epochs) and r.epochs >= 1, "an integer >= 1"),
+                               ("batch_size", _is_int(r.batch_size) and r.batch_size >= 1, "an integer >= 1"),
+                               ("optimizer", isinstance(r.optimizer, str) and bool(r.optimizer), "a name"),
+                               ("lr", _is_number(r.lr) and r.lr > 0, "a finite number > 0"),
+                               ("weight_decay", _is_number(r.weight_decay) and r.weight_decay >= 0, "a finite number >= 0"),
+                               ("seed", _is_int(r.seed) and r.seed >= 0, "an integer >= 0")):
+            need(ok, f"teacher_recipe.{name}", what, getattr(r, name))
 
 
 def canonical_json(obj: Any) -> str:
@@ -94,7 +157,7 @@ def parse_value(text: str) -> Any:
         return None
     try:
         return json.loads(low)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested brackets
         return low
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import DivergenceError
+from .errors import DivergenceError, KdbenchError
 
 LossDict = dict[str, torch.Tensor]
 log = logging.getLogger("kdbench.train")
@@ -202,11 +202,25 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mome
     return factories[name]()
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` uses CUDA when present, else the CPU."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto` uses CUDA when present, else the CPU. An unknown device, or one this machine does not
+    have, is a user error (one line) rather than a failure deep inside the first run."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise KdbenchError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KdbenchError(f"device '{name}' asked for, but CUDA is not available here (use --device auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise KdbenchError(f"device '{name}' asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise KdbenchError(f"device '{name}' asked for, but MPS is not available here (use --device auto or cpu)")
+    return device
 
 
 def seed_everything(seed: int) -> None:

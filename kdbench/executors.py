@@ -1,7 +1,8 @@
 """Executors run a sweep's resolved runs and hand back their records as they finish.
 
-- `local` (default): in-process when `workers == 1`, else a process pool (spawn start method: no
-  fork after torch's thread pools started), each worker limited to its share of the CPU threads.
+- `local` (default): in-process when `workers == 1`, else a process pool (forkserver, else spawn:
+  never a fork of a process whose torch thread pools started), each worker limited to its share
+  of the CPU threads.
 - `ray`: the same jobs as Ray tasks (`--executor ray --address ADDR`, the `ray` extra); workers
   return records and the driver writes them, so a cluster needs no shared results directory.
 
@@ -56,8 +57,11 @@ class Finished:
 
 
 def make_job(resolved: Any, out_dir: str | Path, **kw: Any) -> Job:
-    pinned = dataclasses.replace(resolved, spec=resolved.spec.replace(device=resolved.canonical["device"]))
-    return Job(pinned, str(out_dir), **kw)
+    """A job whose `device: auto` is pinned to the device its key was computed for (a Ray node
+    with a GPU must not run a spec planned for the CPU under the CPU's key)."""
+    if resolved.spec.device == "auto":
+        resolved = dataclasses.replace(resolved, spec=resolved.spec.replace(device=resolved.canonical["device"]))
+    return Job(resolved, str(out_dir), **kw)
 
 
 def run_job(job: Job) -> tuple[dict[str, Any], float]:
@@ -150,7 +154,7 @@ def cpu_count() -> int:
 
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
-    """`workers == 1`: in this process, one run after another. Otherwise a spawn process pool with
+    """`workers == 1`: in this process, one run after another. Otherwise a process pool with
     `threads` torch threads per worker (default: this machine's cores divided among the workers)."""
 
     name = "local"
@@ -183,10 +187,15 @@ class LocalExecutor(Executor):
 _STARTED: Any = None  # in a pool worker: queue on which each run announces its start
 
 
-def _init_worker(threads: int | None, started: Any = None) -> None:
-    """Pool worker set-up: die with the parent (Linux), use our share of the threads, stay quiet."""
+def _init_worker(threads: int | None, started: Any = None, env: dict[str, str] | None = None) -> None:
+    """Pool worker set-up: the parent's KDBENCH_* settings as of now (a forkserver started earlier
+    holds old ones), die with the parent (Linux), use our share of the threads, stay quiet."""
     global _STARTED
     _STARTED = started
+    if env is not None:
+        for k in [k for k in os.environ if k.startswith("KDBENCH_") and k not in env]:
+            del os.environ[k]
+        os.environ.update(env)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -202,6 +211,22 @@ def _init_worker(threads: int | None, started: Any = None) -> None:
         torch.set_num_threads(threads)
 
 
+def _kdbench_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("KDBENCH_")}
+
+
+def _mp_context() -> Any:
+    """forkserver where available: a clean server process (no torch threads started) imports torch
+    and kdbench once, and every worker is forked from it, ready in milliseconds; else spawn."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "kdbench.runner", "kdbench.executors"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _pool_run(job: Job) -> tuple[dict[str, Any], float]:
     if _STARTED is not None:
         _STARTED.put(job.key)
@@ -212,14 +237,12 @@ def _pool_map(jobs: list[Job], workers: int, threads: int | None) -> Iterator[Fi
     """Process pool. A worker that dies (segfault, OOM kill) breaks the pool: runs that had not
     started go to a fresh pool; runs that were in flight are retried one at a time in a worker of
     their own, where a run that kills its worker again is recorded as failed."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _mp_context()
     todo, suspects = list(jobs), []
     while todo:
         started = ctx.SimpleQueue()
         pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
-                                   initargs=(threads, started))
+                                   initargs=(threads, started, _kdbench_env()))
         lost: list[Job] = []
         try:
             pending: dict[Future, Job] = {pool.submit(_pool_run, job): job for job in todo}
@@ -248,14 +271,17 @@ def _pool_map(jobs: list[Job], workers: int, threads: int | None) -> Iterator[Fi
             record = store.read_record(store.record_path(Path(job.out_dir), job.key))
             if record is not None and record.get("status") == "ok":  # finished before the pool broke
                 yield Finished(job, record, 0.0)
+            elif job.key in began or not began:  # no run started at all: the pool itself is broken
+                suspects.append(job)
             else:
-                (suspects if job.key in began else todo).append(job)
+                todo.append(job)
     for job in suspects:
         yield _isolated(ctx, job, threads)
 
 
 def _isolated(ctx: Any, job: Job, threads: int | None) -> Finished:
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as solo:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads, None, _kdbench_env())) as solo:
         try:
             record, wall = solo.submit(run_job, job).result()
         except BrokenProcessPool as exc:

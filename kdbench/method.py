@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import pkgutil
 import types
 import typing
@@ -194,7 +195,13 @@ def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
         raise KdbenchError(f"parameter '{key}' of '{method}' must be an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise KdbenchError(f"parameter '{key}' of '{method}' must be a finite number, got {value!r}")
+            return number
         raise KdbenchError(f"parameter '{key}' of '{method}' must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

@@ -3,6 +3,8 @@ measure -> RunRecord (JSON, atomic). A run that raises is recorded as failed; it
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 import traceback
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from . import store
-from .config import CODE_VERSION, RunSpec, run_key
+from .config import CODE_VERSION, RunSpec, check_fields, run_key
 from .data.base import Split, Splits
 from .engine import accuracy, predict, resolve_device, seed_everything
 from .errors import KdbenchError
@@ -37,13 +39,15 @@ class Resolved:
 
 def resolve(spec: RunSpec) -> Resolved:
     """Validate a spec (one clear KdbenchError if impossible) and fill in the defaults."""
-    cls = get_method(spec.method)
-    params = build_params(cls, spec.params)
     if spec.dataset is None:
         raise KdbenchError("no dataset given")
+    check_fields(spec)  # wrong types (hand-edited record, API call) -> one line, not a traceback later
+    cls = get_method(spec.method)
+    params = build_params(cls, spec.params)
     from .data import DATASETS
 
-    DATASETS.get(spec.dataset)  # unknown dataset -> did-you-mean
+    entry = DATASETS.get(spec.dataset)  # unknown dataset -> did-you-mean
+    resolve_device(spec.device)  # unknown device, or CUDA asked for where there is none -> one line now
     teacher = spec.teacher
     if cls.needs_teacher and teacher == "auto":
         teacher = default_teacher(spec.dataset)
@@ -55,7 +59,8 @@ def resolve(spec: RunSpec) -> Resolved:
         raise KdbenchError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if spec.max_train is not None and spec.max_train < 1:
         raise KdbenchError(f"max_train must be >= 1, got {spec.max_train}")
-    full = spec.replace(teacher=teacher, teacher_recipe=recipe, params=params_dict(params), val_fraction=val_fraction)
+    full = spec.replace(teacher=teacher, teacher_recipe=recipe, params=params_dict(params), val_fraction=float(val_fraction))
+    _check_models(full, entry, cls)
     cls.validate(full, params)
     default = cls.schedule(full, params)
     schedule = dataclasses.replace(
@@ -64,9 +69,10 @@ def resolve(spec: RunSpec) -> Resolved:
         batch_size=spec.batch_size if spec.batch_size is not None else default.batch_size,
         lr=spec.lr if spec.lr is not None else default.lr,
     )
-    if schedule.epochs < 1 or schedule.batch_size < 1 or schedule.lr <= 0:
+    if schedule.epochs < 1 or schedule.batch_size < 1 or not (math.isfinite(schedule.lr) and schedule.lr > 0):
         raise KdbenchError(f"epochs, batch size and lr must be positive (got {schedule.epochs}, {schedule.batch_size}, {schedule.lr})")
-    full = full.replace(epochs=schedule.epochs, batch_size=schedule.batch_size, lr=schedule.lr)
+    # lr as a float: lr=1 and lr=1.0 are the same spec and must give the same key
+    full = full.replace(epochs=schedule.epochs, batch_size=schedule.batch_size, lr=float(schedule.lr))
     canonical = full.to_dict()
     canonical["device"] = resolve_device(spec.device).type  # "auto" -> the device type that will run it
     canonical["optimizer"] = schedule.optimizer
@@ -74,11 +80,75 @@ def resolve(spec: RunSpec) -> Resolved:
     return Resolved(full, cls, params, schedule, canonical, key)
 
 
+def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
+    """Unknown or mismatched student / teacher architectures, a teacher checkpoint that is not there
+    and an auto student without a budget entry fail now, before anything trains or is written."""
+    from .models import MODELS
+    from .models.budget import BUDGET_TABLES, MODALITY_TABLE
+
+    def arch(what: str, name: str) -> None:
+        if name.startswith("timm/"):
+            if entry.modality != "image":
+                raise KdbenchError(f"{what} '{name}': timm models take images, dataset '{entry.name}' is {entry.modality}")
+            return
+        if name not in MODELS:
+            raise KdbenchError(f"{what}: {MODELS.unknown_message(name)}")
+        modality = getattr(MODELS.get(name), "modality", None)
+        if modality is not None and modality != entry.modality:
+            raise KdbenchError(f"{what} '{name}' needs {modality} input, but dataset '{entry.name}' is {entry.modality}")
+
+    if spec.student == "auto":
+        table = BUDGET_TABLES.get(spec.budget).get(MODALITY_TABLE.get(entry.modality, ""), {})
+        if method.multi_student and table and spec.n_students not in table:
+            raise KdbenchError(f"no {spec.budget} budget student for n={spec.n_students} "
+                               f"(budgets exist for n = {', '.join(map(str, sorted(table)))}); pass --student ARCH")
+    else:
+        arch("student", spec.student)
+    if not method.needs_teacher:
+        return
+    if spec.teacher.startswith("file:"):
+        rest = spec.teacher[5:]
+        name, _, path = rest.partition("=") if "=" in rest else ("", "", rest)
+        if name:
+            arch("teacher", name)
+        if not path or not Path(path).is_file():
+            raise KdbenchError(f"teacher checkpoint '{path}' does not exist (--teacher file:[ARCH=]PATH)")
+        st = Path(path).stat()
+        problem = _checkpoint_problem(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        if problem:
+            raise KdbenchError(problem)
+    else:
+        arch("teacher", spec.teacher)
+
+
+@functools.lru_cache(maxsize=32)
+def _checkpoint_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why a teacher checkpoint cannot be read (unsafe pickle, not a checkpoint), or None; read once
+    per file version, so a sweep of many runs with one imported teacher reads it once."""
+    from .models.weights import read_state_dict
+
+    try:
+        read_state_dict(path)
+    except KdbenchError as e:
+        return str(e)
+    return None
+
+
 def _to_device(data: Splits, device: torch.device) -> Splits:
     if device.type == "cpu":
         return data
     move = lambda s: Split(s.x.to(device), s.y.to(device))  # noqa: E731
     return dataclasses.replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
+
+
+def check_data(dataset: str, data_root: str | Path | None) -> None:
+    """Missing data is bad input (one line saying how to get it), found before anything runs or is written."""
+    from .data.catalogue import DATASETS, locate, missing_message, package_available
+
+    entry = DATASETS.get(dataset)
+    found = locate(entry, data_root) is not None if entry.needs_root else package_available(entry)
+    if not found:
+        raise KdbenchError(missing_message(entry, data_root))
 
 
 def load_data(spec: RunSpec, data_root: str | Path | None) -> Splits:

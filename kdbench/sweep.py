@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -165,57 +167,10 @@ def _params(value: Any) -> dict[str, Any]:
     return out
 
 
-def params_for(cls: Any, params: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
-    """The parameters of one method of a sweep: `method.name` keys for it, plus plain keys it declares
-    (with a single method, every plain key: the method's own validation then names a bad one)."""
-    from .method import param_fields
-
-    declared = {f.name for f in param_fields(cls)}
-    plain = {k: v for k, v in params.items() if "." not in k and (len(methods) == 1 or k in declared)}
-    own = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{cls.name}.")}
-    return {**plain, **own}
-
-
-def check_params(params: Mapping[str, Any], methods: Sequence[str], where: str = "") -> None:
-    """Every parameter must reach a method of the sweep (a typo is not silently dropped)."""
-    import difflib
-
-    from .method import get_method, param_fields
-
-    if len(methods) == 1 and not any("." in k for k in params):
-        return
-    names = {m: {f.name for f in param_fields(get_method(m))} for m in methods}
-    for key in params:
-        if "." in key:
-            m, name = key.split(".", 1)
-            if m not in names:
-                raise KdbenchError(f"{where}parameter '{key}' is for method '{m}', which is not in this sweep "
-                                   f"({', '.join(methods)})")
-            if len(methods) > 1 and name not in names[m]:
-                close = difflib.get_close_matches(name, sorted(names[m]), n=2)
-                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise KdbenchError(f"{where}method '{m}' has no parameter '{name}'{hint} "
-                                   f"(parameters: {', '.join(sorted(names[m])) or 'none'})")
-        elif len(methods) > 1 and not any(key in n for n in names.values()):
-            every = sorted(set().union(*names.values()))
-            close = difflib.get_close_matches(key, every, n=2)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise KdbenchError(f"{where}no method of this sweep ({', '.join(methods)}) has parameter '{key}'{hint}")
-
-
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{value!r} is not a mapping")
     return dict(value)
-
-
-def _choice(*allowed: str) -> FieldParser:
-    def parse(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
-        return value
-
-    return parse
 
 
 def _register_fields() -> None:
@@ -229,7 +184,7 @@ def _register_fields() -> None:
         "teacher": text,
         "teacher_epochs": lambda v: _int(v, minimum=1),
         "student": text,
-        "budget": _choice("paper", "repo"),
+        "budget": text,  # the model zoo validates the family (runner.resolve)
         "epochs": lambda v: _int(v, minimum=1),
         "batch_size": lambda v: _int(v, minimum=1),
         "lr": lambda v: _number(v, positive=True),
@@ -449,6 +404,44 @@ def modes_for(cls: Any, asked: Sequence[str] | None, where: str = "") -> tuple[s
     return tuple(asked)
 
 
+def params_for(cls: Any, params: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    """The parameters of one method of a sweep: `method.name` keys for it, plus plain keys it declares
+    (with a single method, every plain key: the method's own validation then names a bad one)."""
+    from .method import param_fields
+
+    declared = {f.name for f in param_fields(cls)}
+    plain = {k: v for k, v in params.items() if "." not in k and (len(methods) == 1 or k in declared)}
+    own = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{cls.name}.")}
+    return {**plain, **own}
+
+
+def check_params(params: Mapping[str, Any], methods: Sequence[str], where: str = "") -> None:
+    """Every parameter must reach a method of the sweep (a typo is not silently dropped)."""
+    import difflib
+
+    from .method import get_method, param_fields
+
+    if len(methods) == 1 and not any("." in k for k in params):
+        return
+    names = {m: {f.name for f in param_fields(get_method(m))} for m in methods}
+    for key in params:
+        if "." in key:
+            m, name = key.split(".", 1)
+            if m not in names:
+                raise KdbenchError(f"{where}parameter '{key}' is for method '{m}', which is not in this sweep "
+                                   f"({', '.join(methods)})")
+            if len(methods) > 1 and name not in names[m]:
+                close = difflib.get_close_matches(name, sorted(names[m]), n=2)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise KdbenchError(f"{where}method '{m}' has no parameter '{name}'{hint} "
+                                   f"(parameters: {', '.join(sorted(names[m])) or 'none'})")
+        elif len(methods) > 1 and not any(key in n for n in names.values()):
+            every = sorted(set().union(*names.values()))
+            close = difflib.get_close_matches(key, every, n=2)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise KdbenchError(f"{where}no method of this sweep ({', '.join(methods)}) has parameter '{key}'{hint}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Plan: resolved runs and what is already done
 # ---------------------------------------------------------------------------------------------
@@ -551,3 +544,15 @@ def summary_table(records: Sequence[Mapping[str, Any]], metric: str = "test_acc_
     if "failed" in table.columns:
         table["failed"] = table["failed"].fillna(0).astype(int)
     return table
+
+
+# `kdbench.sweep(...)` (the Python API) and `kdbench.sweep.SweepSpec` (this module) share one name:
+# the module itself is callable, so re-exporting either in kdbench/__init__.py keeps both working.
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .api import sweep as run_sweep
+
+        return run_sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_map
 
 
 def structure_key(module: nn.Module) -> tuple:
@@ -68,7 +67,7 @@ class Single(nn.Module):
                 out = m(x)
         finally:
             m.train(was)
-        return tree_map(lambda t: t.unsqueeze(0), out)
+        return tuple(t.unsqueeze(0) for t in out) if isinstance(out, tuple) else out.unsqueeze(0)
 
     def member_tensors(self, i: int) -> dict[str, Tensor]:
         assert i == 0

@@ -120,7 +120,13 @@ def get_teacher(
     model = build_model(arch)
     state = load_file(str(entry.dir / "model.safetensors"), device=str(device))
     model.load_state_dict(state)
-    return Teacher(_freeze(model), arch, key, meta["info"])
+    return Teacher(_freeze(model), arch, key, _with_checksum(meta))
+
+
+def _with_checksum(meta: dict[str, Any]) -> dict[str, Any]:
+    """The entry's info plus the sha256 of its weights: the targets cache is keyed by it, so targets
+    computed from other weights (a rebuilt or replaced teacher) are never reused."""
+    return {**meta["info"], "weights_sha256": meta.get("files", {}).get("model.safetensors")}
 
 
 def import_teacher(path: Path, arch: str, data: Splits, device: torch.device, build_model) -> Teacher:
@@ -143,7 +149,7 @@ def import_teacher(path: Path, arch: str, data: Splits, device: torch.device, bu
                 "metrics": {"test_acc": test_acc, "val_acc": val_acc, "train_time_s": 0.0}, "code_version": CODE_VERSION}
 
     meta, _ = entry.get_or_build(writer)
-    return Teacher(_freeze(model), arch, key, meta["info"])
+    return Teacher(_freeze(model), arch, key, _with_checksum(meta))
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -175,7 +181,8 @@ def teacher_targets(teacher: Teacher, data: Splits, split: str, device: torch.de
     (memory-mapped .npy); returns (targets on device, seconds spent computing them, 0 if cached)."""
     from .models import dense_view
 
-    entry = CacheEntry("targets", f"{teacher.key}-{split}-{key_hash(_split_identity(data))}")
+    ident = {**_split_identity(data), "weights": teacher.info.get("weights_sha256")}
+    entry = CacheEntry("targets", f"{teacher.key}-{split}-{key_hash(ident)}")
     t0 = time.perf_counter()
 
     def writer(tmp: Path) -> dict[str, Any]:

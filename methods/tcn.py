@@ -4,7 +4,11 @@ The teacher's dense representation is split into n contiguous chunks; student j 
 on its own (`ff`: MSE regression; `gan`: adversarially against a discriminator D_j); the deployed
 predictor concatenates the students' outputs in chunk order and feeds them to a copy of the
 teacher's classifier, optionally fine-tuned with the students frozen. Identical students train
-fused (one batched computation, `kdbench.tcn_fuse`), with the same result as one after another.
+fused (one batched computation, `kdbench.tcn_fuse`), with the same result as one after another
+(within float tolerance; for `gan` under Adam only statistically: D's first Dense bias has an
+exactly-zero gradient for units that stay on one side of the LeakyReLU over a batch, and Adam
+turns the float noise of that zero into +-lr steps, so the two paths drift apart like two BLAS
+builds would).
 
 Mode: `--mode ff` or `--mode gan`; no mode means `ff` (the run record's metrics say `mode`).
 """
@@ -321,47 +325,53 @@ class TCN(Method):
         return out, rows
 
     def _assemble(self, ctx: Context, predictor: TCNPredictor, trained: dict[int, _Trained], sizes, bounds, feats_val, discs):
-        """Accuracy without and with fine-tuning, feature MSE, and the last / val-best states."""
+        """Accuracy without and with fine-tuning, feature MSE, and the last / val-best states.
+
+        The students are frozen from here on, so their concatenated outputs are computed once per
+        split and state (and reused when every student's val-best epoch is its last)."""
         p = self.params
         data = ctx.data
-        n = len(sizes)
         metrics: dict[str, Any] = {}
         states: dict[str, dict[str, Tensor]] = {}
         rows: list[dict[str, Any]] = []
         teacher_head = copy.deepcopy(predictor.head.state_dict())
+        same = all(all(torch.equal(t.last[k], t.best[k]) for k in t.last) for t in trained.values())
+        z: dict[str, Tensor] = {}
         for tag, pick in (("last", lambda t: t.last), ("valbest", lambda t: t.best)):
             for j, s in enumerate(predictor.students):
                 load_tensors(s, pick(trained[j]))
+            predictor.eval()
+            if not (same and z):
+                z = {split: predict(predictor.concat, getattr(data, split).x) for split in ("val", "test")}
+                if p.finetune:
+                    z["train"] = predict(predictor.concat, data.train.x)
             predictor.head.load_state_dict(teacher_head)
             suffix = "" if tag == "last" else "_valbest"
-            metrics[f"test_acc{suffix}_no_finetune"] = accuracy(predict(predictor, data.test.x), data.test.y)
-            metrics[f"val_acc{suffix}_no_finetune"] = accuracy(predict(predictor, data.val.x), data.val.y)
-            concat_val = predict(predictor.concat, data.val.x)
-            per = [float(mse_per_student(concat_val[None, :, a:b], feats_val[None, :, a:b])[0]) for a, b in bounds]
+            metrics[f"test_acc{suffix}_no_finetune"] = accuracy(predict(predictor.head, z["test"]), data.test.y)
+            metrics[f"val_acc{suffix}_no_finetune"] = accuracy(predict(predictor.head, z["val"]), data.val.y)
+            per = [float(mse_per_student(z["val"][None, :, a:b], feats_val[None, :, a:b])[0]) for a, b in bounds]
             metrics[f"feature_mse{'_last' if tag == 'last' else ''}"] = float(np.dot(per, sizes) / sum(sizes))
             metrics[f"feature_mse_per_student{'_last' if tag == 'last' else ''}"] = per
             if p.finetune:
-                ft_rows, ft_time = self._finetune(ctx, predictor, concat_val, tag)
+                ft_rows, ft_time = self._finetune(ctx, predictor.head, z, tag)
                 rows += ft_rows
                 metrics[f"finetune_time_s_{tag}"] = ft_time
-                metrics[f"val_acc{suffix}_finetune"] = accuracy(predict(predictor, data.val.x), data.val.y)
+                metrics[f"val_acc{suffix}_finetune"] = accuracy(predict(predictor.head, z["val"]), data.val.y)
             states[tag] = {k: v.detach().clone() for k, v in predictor.state_dict().items()}
         metrics["finetuned"] = bool(p.finetune)
         if discs[0] is not None:
             self._gan_metrics(ctx, predictor, trained, bounds, feats_val, discs, metrics)
         return metrics, states, rows
 
-    def _finetune(self, ctx: Context, predictor: TCNPredictor, concat_val: Tensor, tag: str):
-        """Train only the head with CE on the frozen students' (eval-mode, hence cached) outputs;
-        the head ends at its last epoch for `last`, at its val-best epoch for `valbest`."""
-        head = predictor.head
-        z_tr = predict(predictor.concat, ctx.split("train")[0])
+    def _finetune(self, ctx: Context, head: nn.Module, z: dict[str, Tensor], tag: str):
+        """Train only the head with CE on the frozen students' outputs `z` (eval mode, so computed
+        once); the head ends at its last epoch for `last`, at its val-best epoch for `valbest`."""
         y_tr, y_val = ctx.split("train")[1], ctx.split("val")[1]
         opt = ctx.optimizer(head.parameters())
         loss = lambda b: {"ce": _head_loss(head(b.x), b.y)}  # noqa: E731
-        res = train([Step("finetune", opt, loss)], {"head": head}, z_tr, y_tr, epochs=self.params.finetune_epochs,
+        res = train([Step("finetune", opt, loss)], {"head": head}, z["train"], y_tr, epochs=self.params.finetune_epochs,
                     batch_size=ctx.schedule.batch_size, seed=ctx.seed, progress=ctx.progress, desc=f"tcn finetune {tag}",
-                    evaluate=lambda: {"val_acc": accuracy(predict(head, concat_val), y_val)})
+                    evaluate=lambda: {"val_acc": accuracy(predict(head, z["val"]), y_val)})
         if tag == "valbest":
             res.restore_best({"head": head})
         head.eval()

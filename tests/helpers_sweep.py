@@ -74,11 +74,13 @@ def records(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 def comparable(record: dict[str, Any]) -> dict[str, Any]:
     """The parts of a record that must be bit-identical between two runs of the same spec:
-    metrics and history without wall times, latencies and memory."""
+    everything but wall times, latencies, memory, the environment and timestamps."""
     def keep(k: str) -> bool:
         return not any(t in k for t in TIMING_KEYS)
 
     metrics = {k: v for k, v in record["metrics"].items() if keep(k)}
     history = [{k: v for k, v in row.items() if keep(k)} for row in record.get("history") or []]
     spec = {k: v for k, v in record["spec"].items() if k != "device"}
-    return {"run_key": record["run_key"], "status": record["status"], "spec": spec, "metrics": metrics, "history": history}
+    data = {k: v for k, v in (record.get("data") or {}).items() if k != "cache"}  # cache hit / built varies
+    return {"run_key": record["run_key"], "status": record["status"], "spec": spec, "metrics": metrics,
+            "history": history, "teacher": record.get("teacher"), "deviations": record.get("deviations"), "data": data}

@@ -263,7 +263,7 @@ def test_git_info_reads_the_commit(tmp_path):
 
 
 def _update_args(tmp_path: Path, out: Path) -> argparse.Namespace:
-    return argparse.Namespace(preset="ci-mnist", out=str(out), data_root=None)
+    return argparse.Namespace(preset="ci-mnist", out=str(out), data_root=None, workers=None, threads=1)
 
 
 def test_baseline_update_keeps_the_old_baseline_when_the_sweep_fails(baseline, tmp_path, monkeypatch):
@@ -283,6 +283,7 @@ def test_baseline_update_replaces_the_directory(baseline, tmp_path, monkeypatch)
     from kdbench.cli import check_cmd
 
     def fake_sweep(argv):
+        assert argv[:3] == ["sweep", "--preset", "ci-mnist"] and argv[-2:] == ["--threads", "1"], argv
         out = Path(argv[argv.index("--out") + 1])
         write_dir(out, {("kd", None, 1): [98.0, 98.2, 98.1, 98.3]})
         return 0
@@ -319,8 +320,9 @@ def test_broken_method_fails_the_gate_and_an_unchanged_rerun_passes(tmp_path, mo
 
     monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-    protocol = dict(method=["kd", "tcn"], dataset="digits", students=[2], mode=["ff"], seeds=3, epochs=3,
-                    teacher_epochs=4, device="cpu", latency=False, log=None)
+    # small and fast: a 7.5k-parameter student, 5 epochs, one thread (tiny models gain nothing from more)
+    protocol = dict(method=["student", "kd"], dataset="digits", student="image-student", seeds=3, epochs=5,
+                    batch_size=32, lr=3e-3, teacher_epochs=10, device="cpu", latency=False, threads=1, log=None)
 
     def sweep(out: Path) -> Path:
         res = api.sweep(out=out, **protocol)
@@ -339,5 +341,6 @@ def test_broken_method_fails_the_gate_and_an_unchanged_rerun_passes(tmp_path, mo
     rc, out, _ = run_cli(capsys, "check", str(sweep(tmp_path / "broken")), "--baseline", str(base))
     assert rc == 1, out
     assert "REGRESSION" in row_of(out, "kd n=1 digits")
-    assert "| ok " in row_of(out, "tcn ff n=2 digits")
+    assert "| ok " in row_of(out, "student n=1 digits")
     assert "check FAILED: 1 regression(s): kd n=1 digits" in out
+    print(out)  # the readable diff, for `pytest -s`

@@ -16,7 +16,8 @@ from kdbench.cli import main
 from kdbench.method import METHODS, load_methods
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2"}
+FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2",
+        "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)

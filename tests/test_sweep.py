@@ -15,7 +15,8 @@ from kdbench.sweep import PRESET_DIR, SweepSpec, list_presets, plan
 # tiny and fast: 8x8 digits (shipped with scikit-learn), 300 training images, one epoch, plain2
 # students and a plain2 teacher trained for one epoch (cached once per test session), one torch
 # thread per run (a shared, busy CPU makes several threads per run much slower)
-FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2"}
+FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2",
+        "device": "cpu"}
 FAST_ARGS = ["--dataset", "digits", "--epochs", "1", "--max-train", "300", "--teacher", "plain2",
              "--teacher-epochs", "1", "--student", "plain2", "--no-latency", "--threads", "1"]
 
@@ -85,7 +86,7 @@ def test_same_spec_same_key_any_change_new_key():
         seen.add(k[0])
     tcn = {"method": "tcn", "seeds": 1, "dataset": "digits", "teacher": "plain2"}
     variants = [keys(**tcn, students=[2]), keys(**tcn, students=[4]), keys(**tcn, students=[4], mode=["gan"]),
-                keys(**tcn, students=[4], budget="repo")]
+                keys(**tcn, students=[8])]
     assert len({v[0] for v in variants}) == 4
     assert keys(**tcn, students=[2]) == keys(**tcn, students="2")
 
@@ -161,6 +162,7 @@ BAD = [
     (["--method", "kd", "--executor", "dask"], "unknown executor 'dask'"),
     (["--method", "kd", "--address", "1.2.3.4:6379"], "--address is for --executor ray"),
     (["--seeds", "2"], "no method given"),
+    (["--method", "student", "--dataset", "cifar10"], "dataset 'cifar10' not found"),
 ]
 
 
@@ -182,8 +184,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(argv, message, tmp_path, c
     out = tmp_path / "out"
     if "--out" not in argv:
         argv += ["--out", str(out)]
-    rc = main(["sweep", *argv, "--dataset", "digits"] if "--config" not in argv and "--preset" not in argv
-              else ["sweep", *argv])
+    own_data = any(a in argv for a in ("--config", "--preset", "--dataset"))
+    rc = main(["sweep", *argv] if own_data else ["sweep", *argv, "--dataset", "digits"])
     err = capsys.readouterr().err
     assert rc == 2
     lines = err.strip().splitlines()
@@ -254,3 +256,13 @@ def test_out_defaults_to_the_preset_name(tmp_path, monkeypatch):
     res = api.sweep(preset="tcn-table3-mnist", dry_run=True, log=None)
     assert res.out_dir == Path("results/tcn-table3-mnist") and not res.out_dir.exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_kdbench_sweep_is_both_the_api_and_the_module():
+    import kdbench
+    import kdbench.sweep as module
+
+    res = kdbench.sweep("kd", dataset="digits", seeds=2, dry_run=True, log=None)
+    assert [p.status for p in res.planned] == ["todo", "todo"]
+    assert module("kd", dataset="digits", seeds=2, dry_run=True, log=None).planned == res.planned
+    assert module.SweepSpec is SweepSpec

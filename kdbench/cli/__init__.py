@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """Error messages are printed as exactly one line (a wrapped library message would break that)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -49,13 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(args.func(args) or 0)
     except KdbenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
+        print(f"kdbench: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdbench: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `kdbench list | head`
         return 0
+    except OSError as e:  # a path, permission or disk problem the user can fix: one line, not a traceback
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"kdbench: error: {one_line(e.strerror or str(e) or type(e).__name__)}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     u.add_argument("--preset", default=DEFAULT_PRESET, help=f"sweep preset to run (default {DEFAULT_PRESET})")
     u.add_argument("--out", default=None, help="baseline directory (default results/baseline/PRESET)")
     u.add_argument("--data-root", default=None, help="data root passed to the sweep (default: $KDBENCH_DATA, ...)")
+    u.add_argument("--workers", type=int, default=None, help="passed to the sweep (parallel runs)")
+    u.add_argument("--threads", type=int, default=None, help="passed to the sweep (torch threads per run)")
     u.set_defaults(func=run_update)
     b.set_defaults(func=lambda args: _need_action(b))
 
@@ -57,12 +59,14 @@ def run_update(args: argparse.Namespace) -> int:
     protocol = preset_protocol(args.preset)  # unknown preset -> one line, before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the baseline is an ordinary folder
     try:
         from . import main as cli_main
 
         argv = ["sweep", "--preset", args.preset, "--out", str(staging)]
-        if args.data_root:
-            argv += ["--data-root", args.data_root]
+        for opt in ("data_root", "workers", "threads"):
+            if getattr(args, opt, None) is not None:
+                argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
         print(f"baseline update: kdbench {' '.join(argv)}", flush=True)
         rc = cli_main(argv)
         if rc != 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -39,9 +40,24 @@ def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
 
 
 def out_dir(path: str) -> Path:
+    """The --out directory, checked (not created): it, or its nearest existing parent, must be a directory."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise KdbenchError(f"--out '{path}' exists and is not a directory")
+    parent = next((q for q in p.absolute().parents if q.exists()), None)
+    if not p.exists() and parent is not None and not parent.is_dir():
+        raise KdbenchError(f"--out '{path}' cannot be created: '{parent}' is not a directory")
+    return p
+
+
+def make_out_dir(p: Path) -> Path:
+    """Create the --out directory once the input is known to be good (one line if that fails)."""
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KdbenchError(f"cannot create --out '{p}': {e.strerror or e}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise KdbenchError(f"--out '{p}' is not writable")
     return p
 
 
@@ -57,6 +73,9 @@ def spec_fields(args: argparse.Namespace) -> dict:
         value = getattr(args, opt, None)
         if value is not None:
             fields[field] = value
+    if fields.get("student", "auto") != "auto" and "budget" in fields:
+        raise KdbenchError(f"--student {fields['student']} and --budget {fields['budget']} contradict: "
+                           "an explicit student has no budget family (give one of them)")
     if getattr(args, "param", None):
         fields["params"] = parse_params(args.param)
     if getattr(args, "teacher_epochs", None) is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import RunSpec
 from ..errors import KdbenchError
-from .common import add_run_options, out_dir, spec_fields
+from .common import add_run_options, make_out_dir, out_dir, spec_fields
 
 
 def add_parser(sub) -> None:
@@ -34,17 +34,45 @@ def _students(text: str | None) -> int | None:
     return n
 
 
+def read_record_spec(path: Path) -> RunSpec:
+    """The spec stored in a record file; anything that is not a readable record is one clear line."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise KdbenchError(f"cannot read record '{path}': {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise KdbenchError(f"record '{path}' is not a text (JSON) file") from None
+    if not text.strip():
+        raise KdbenchError(f"record '{path}' is empty")
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise KdbenchError(f"record '{path}' is not valid JSON: {e}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
+        raise KdbenchError(f"'{path}' is not a kdbench run record (no 'spec' mapping)")
+    from ..runner import spec_from_record
+
+    try:
+        return spec_from_record(record)
+    except KdbenchError as e:
+        raise KdbenchError(f"record '{path}': {e}") from None
+    except (TypeError, ValueError) as e:
+        raise KdbenchError(f"record '{path}' has a bad spec: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..runner import execute, resolve, spec_from_record
+    from ..runner import check_data, execute, resolve
 
     out = out_dir(args.out)
     if args.from_record:
-        path = Path(args.from_record)
-        try:
-            record = json.loads(path.read_text())
-            spec = spec_from_record(record)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise KdbenchError(f"cannot read record '{path}': {e}") from None
+        given = {k for k in spec_fields(args) if k != "device"}  # --device may move a rerun to other hardware
+        given |= {name for name in ("method", "students", "mode", "seed") if getattr(args, name) is not None}
+        if given:
+            raise KdbenchError(f"--from-record reruns the stored spec exactly; it contradicts "
+                               f"{', '.join('--' + g.replace('_', '-') for g in sorted(given))}")
+        spec = read_record_spec(Path(args.from_record))
+        if args.device:
+            spec = spec.replace(device=args.device)
     else:
         if not args.method:
             raise KdbenchError("kdbench run: --method is required (see `kdbench list methods`)")
@@ -58,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             fields["seed"] = args.seed
         spec = RunSpec(method=args.method, **fields)
     r = resolve(spec)
+    check_data(r.spec.dataset, args.data_root)
+    make_out_dir(out)
     record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r)
     path = out / f"{record['run_key']}.json"
     if record["status"] != "ok":

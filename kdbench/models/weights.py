@@ -4,6 +4,8 @@ Accepts DataParallel (`module.`) / torch.compile (`_orig_mod.`) prefixes and `{'
 wrappers; any mismatch is one readable line naming the keys or the first shape that differs."""
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +35,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise KdbenchError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise KdbenchError(f"weights file {path} is empty")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise next to our own one line
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or pickled code refused by weights_only
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KdbenchError(f"cannot read weights {path}: {msg}") from None
+        raise KdbenchError(f"cannot read weights {path}: {_reason(e, path)}") from None
     while isinstance(obj, dict):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -54,6 +59,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not state:
         raise KdbenchError(f"weights {path} contain no tensors (top-level keys: {', '.join(map(str, list(obj)[:_SHOWN]))})")
     return state
+
+
+def _reason(e: Exception, path: Path) -> str:
+    """Why a weights file could not be read, in one line (torch's refusal of pickled code is long)."""
+    text = str(e).strip()
+    if "weights_only" in text or "Unsupported global" in text:
+        m = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f"it references {m.group(1) or m.group(2)}" if m else "not only tensors"
+        return (f"it holds pickled Python objects ({what}), refused: kdbench loads checkpoints with "
+                f"weights_only=True and never runs pickled code; save a state_dict or safetensors instead")
+    first = text.splitlines()[0] if text else ""
+    kind = "safetensors" if path.suffix == ".safetensors" else "torch (weights_only)"
+    if not first or first.isdigit() or len(first) < 8:  # e.g. a KeyError(101) from the unpickler on a text file
+        return f"not a {kind} checkpoint ({type(e).__name__}{': ' + first if first else ''})"
+    return f"{first} (not a readable {kind} checkpoint)"
 
 
 def _listing(keys: list[str]) -> str:
