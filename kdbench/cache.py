@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from filelock import FileLock
 
-from .store import atomic_write_text
+from .store import DIR_MODE, atomic_write_text
 
 
 class CorruptCacheWarning(UserWarning):
@@ -79,6 +79,7 @@ class CacheEntry:
         """Run `writer(tmpdir) -> info` and publish its files atomically with checksums; returns meta."""
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.dir.name}.", dir=self.dir.parent))
+        os.chmod(tmp, DIR_MODE)  # a shared cache stays readable by whoever may read its folder
         try:
             info = writer(tmp)
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != "meta.json"}

@@ -41,6 +41,8 @@ CELL_FIELDS = ("dataset", "method", "mode", "n_students", "variant")
 IDENTICAL_NOTE = "identical to the baseline (deterministic CPU rerun)"
 # spec fields that may differ between baseline and rerun without making the protocol a different one
 _PROTOCOL_IGNORED = {"seed", "params_changed"}
+# environment fields that change floating-point results (thread count changes reduction order)
+ENV_FIELDS = ("torch", "device", "gpu", "cpu", "threads")
 
 Cell = tuple  # (dataset, method, mode, n_students, variant)
 
@@ -68,6 +70,7 @@ class CellData:
 
     values: dict[int, float] = field(default_factory=dict)  # seed -> metric value
     protocols: list[dict[str, Any]] = field(default_factory=list)
+    envs: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
     no_metric: int = 0
 
@@ -159,6 +162,8 @@ def collect(results_dir: str | Path, metric: str, what: str = "results") -> dict
         data.values[seed] = float(value)
         spec = {k: v for k, v in (rec.get("spec") or {}).items() if k not in _PROTOCOL_IGNORED}
         data.protocols.append({**spec, "code_version": rec.get("code_version")})
+        env = rec.get("env") or {}
+        data.envs.append({k: env.get(k) for k in ENV_FIELDS})
     if n_records == 0:
         raise KdbenchError(f"{what} directory '{path}' holds no run records (*.json)")
     if not seen_metric:
@@ -169,7 +174,7 @@ def collect(results_dir: str | Path, metric: str, what: str = "results") -> dict
 
 # --------------------------------------------------------------------------- statistics
 
-def welch_less(new: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+def welch_one_sided(new: np.ndarray, base: np.ndarray) -> tuple[float, float]:
     """One-sided Welch p-values (new < base, new > base); both need n >= 2 per side.
 
     When neither side varies, the t statistic is undefined (scipy returns NaN): equal means give
@@ -190,7 +195,7 @@ def compare_cell(cell: Cell, base: CellData, new: CellData, alpha: float, min_ef
     notes: list[str] = []
     diff = new.mean - base.mean
     if new.n >= 2 and base.n >= 2:
-        p_less, p_greater = welch_less(new.array(), base.array())
+        p_less, p_greater = welch_one_sided(new.array(), base.array())
         regressed = p_less < alpha and -diff > min_effect
         improved = p_greater < alpha and diff > min_effect
     else:
@@ -206,6 +211,9 @@ def compare_cell(cell: Cell, base: CellData, new: CellData, alpha: float, min_ef
         lost = sorted(set(base.values) - set(new.values))
         if lost:
             notes.append(f"seed(s) {', '.join(map(str, lost))} of the baseline not in the new results")
+        env = _differences(base.envs, new.envs)
+        if env:
+            notes.append(f"environment differs from the baseline (bit-identical values not expected): {env}")
     if new.failed:
         notes.append(f"{new.failed} failed run(s) in the new results")
     if new.no_metric:
@@ -216,15 +224,21 @@ def compare_cell(cell: Cell, base: CellData, new: CellData, alpha: float, min_ef
 
 def _protocol_notes(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
     """Fields of the run spec that differ between baseline and new runs (the comparison is then suspect)."""
+    differing = _differences(base, new)
+    return [f"protocol differs from the baseline: {differing}"] if differing else []
+
+
+def _differences(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+    """`key old -> new; ...` for the keys whose values differ between two lists of mappings ('' if none)."""
     if not base or not new:
-        return []
-    differing = []
+        return ""
+    out = []
     for key in sorted(set().union(*base, *new)):
         b = {json.dumps(p.get(key), sort_keys=True, default=str) for p in base}
         n = {json.dumps(p.get(key), sort_keys=True, default=str) for p in new}
         if b != n:
-            differing.append(f"{key} {'/'.join(sorted(b))} -> {'/'.join(sorted(n))}")
-    return [f"protocol differs from the baseline: {'; '.join(differing)}"] if differing else []
+            out.append(f"{key} {'/'.join(sorted(b))} -> {'/'.join(sorted(n))}")
+    return "; ".join(out)
 
 
 # --------------------------------------------------------------------------- the check

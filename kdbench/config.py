@@ -169,11 +169,11 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
             if not part.strip():
                 continue
             if "=" not in part:
-                raise KdbenchError(f"--param '{part}' is not of the form key=value")
+                raise KdbenchError(f"--param {part!r} is not of the form key=value")
             key, value = part.split("=", 1)
             key = key.strip()
             if not key.isidentifier():
-                raise KdbenchError(f"--param key '{key}' is not a valid name")
+                raise KdbenchError(f"--param key {key!r} is not a valid name")
             out[key] = parse_value(value)
     return out
 
@@ -197,11 +197,11 @@ def parse_int_list(text: str, name: str, minimum: int = 1) -> list[int]:
     for item in str(text).split(","):
         item = item.strip()
         if not item:
-            raise KdbenchError(f"--{name} '{text}' has an empty item; expected e.g. 1,2,4,8")
+            raise KdbenchError(f"--{name} {text!r} has an empty item; expected e.g. 1,2,4,8")
         try:
             v = int(item)
         except ValueError:
-            raise KdbenchError(f"--{name} item '{item}' is not an integer") from None
+            raise KdbenchError(f"--{name} item {item!r} is not an integer") from None
         if v < minimum:
             raise KdbenchError(f"--{name} item {v} must be >= {minimum}")
         if v in values:

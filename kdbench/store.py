@@ -19,6 +19,17 @@ RECORD_SUFFIX = ".json"
 SPEC_COLUMNS = ("method", "dataset", "teacher", "student", "budget", "n_students", "mode", "epochs", "seed")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()
+FILE_MODE = 0o666 & ~UMASK  # what open() would give: mkstemp's private 0600 must not leak into results
+DIR_MODE = 0o777 & ~UMASK
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via temp file + fsync + rename, so readers see the old or the new content, never half."""
     path = Path(path)
@@ -28,6 +39,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

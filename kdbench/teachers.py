@@ -37,7 +37,7 @@ DEFAULT_TEACHERS = {
 }
 DEFAULT_RECIPES = {
     "mnist": TeacherRecipe(epochs=6),
-    "fashion-mnist": TeacherRecipe(epochs=15),
+    "fashion-mnist": TeacherRecipe(epochs=10),
     "mnist-5k": TeacherRecipe(epochs=15),
     "digits": TeacherRecipe(epochs=30, batch_size=64),
     "imdb": TeacherRecipe(epochs=3),

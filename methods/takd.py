@@ -94,7 +94,7 @@ class TAKD(Method):
         super().validate(spec, params)
         assistants = params.assistants if params.assistants else default_assistants(spec)
         if AUTO in assistants and spec.student != "auto":
-            raise KdbenchError("takd: assistant 'auto' widens the budget student; with --student NAME pass zoo names")
+            raise KdbenchError("takd: assistant 'auto' sizes the budget student family; with --student NAME pass zoo names")
         n = len(assistants) + 1
         for name, values in (("temperatures", params.temperatures), ("alphas", params.alphas)):
             per_stage(values, 1.0, n, name)
@@ -125,10 +125,10 @@ class TAKD(Method):
             if last_stage:
                 model, label = student, ctx.spec.student
             elif arch == AUTO:
-                model, info = auto_assistant(ctx, student)
-                label = f"{info['model']}({', '.join(f'{k}={v}' for k, v in info['config'].items())})"
+                model, sized = auto_assistant(ctx, student)
+                label = f"{sized['model']}({', '.join(f'{k}={v}' for k, v in sized['config'].items())})"
                 ctx.deviations.append(f"takd: no paper assistant for this student; assistant = {label}, "
-                                      f"{info['params']} params (geometric mean of teacher and student)")
+                                      f"{sized['params']} params (geometric mean of teacher and student)")
             else:
                 model, label = ctx.make_model(arch), arch
             result, last = train_stage(ctx, model, soft, temps[i], alphas[i], reduction, family, p.code_faithful, f"takd[{i}] {label}")

@@ -220,7 +220,6 @@ def test_existing_results_left_unchanged(files: Path, capsys) -> None:
 # a few cases as real processes: exit code 2 and exactly one stderr line, no traceback, at the process level
 PROCESS_CASES = [
     ("unknown-method", f"sweep --method kdd {OK}", "unknown method 'kdd'"),
-    ("bad-yaml", "sweep --config {f}/bad.yaml", "is not valid YAML"),
     ("record-wrong-type", "run --from-record {f}/badtype.json", "run field 'epochs'"),
     ("checkpoint-text", "teacher import --dataset digits --arch plain2 {f}/text.pt", "cannot read weights"),
 ]

@@ -34,13 +34,14 @@ BASE = {
 
 
 def write_run(out: Path, method: str, mode: str | None, n: int, seed: int, acc: float | None, *, dataset: str = "mnist",
-              status: str = "ok", epochs: int = 2, params_changed: dict | None = None) -> None:
+              status: str = "ok", epochs: int = 2, params_changed: dict | None = None, threads: int = 2) -> None:
     spec = {"method": method, "dataset": dataset, "mode": mode, "n_students": n, "seed": seed, "epochs": epochs,
             "max_train": 6000, "device": "cpu", "params_changed": params_changed or {}}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     metrics = {} if acc is None else {"test_acc_valbest": acc, "test_acc": acc - 0.05}
     rec = {"run_key": f"{method}-{mode}-n{n}-{dataset}-s{seed}-{digest}", "status": status, "spec": spec,
-           "metrics": metrics if status == "ok" else {}, "code_version": "test"}
+           "metrics": metrics if status == "ok" else {}, "code_version": "test",
+           "env": {"torch": "2.x", "device": "cpu", "gpu": None, "cpu": "a test CPU", "threads": threads}}
     if status != "ok":
         rec["error"] = {"type": "RuntimeError", "message": "boom"}
     store.write_record(out, rec)
@@ -102,11 +103,13 @@ def test_clear_drop_fails_naming_the_cell(baseline, tmp_path, capsys):
 def test_within_noise_wiggle_passes(baseline, tmp_path, capsys):
     wiggle = [-0.25, 0.15, -0.1, 0.05]  # mean -0.04, well inside the seeds' spread
     cells = {k: [v + w for v, w in zip(vals, wiggle)] for k, vals in BASE.items()}
-    new = write_dir(tmp_path / "new", cells)
+    new = write_dir(tmp_path / "new", cells, threads=1)
     rc, out, _ = run_cli(capsys, "check", str(new), "--baseline", str(baseline))
     assert rc == 0, out
-    assert "REGRESSION" not in out and "identical" not in out
+    assert "REGRESSION" not in out and chk.IDENTICAL_NOTE not in out
     assert "check passed" in out
+    # why the values are not bit-identical is said, per cell
+    assert "environment differs from the baseline (bit-identical values not expected): threads 2 -> 1" in out
 
 
 def test_significant_drop_below_min_effect_is_not_a_regression(baseline, tmp_path):
@@ -194,12 +197,12 @@ def test_welch_p_values_match_scipy_and_handle_zero_spread():
     from scipy import stats
 
     a, b = np.array([96.9, 97.1, 97.0]), np.array([97.6, 97.9, 97.5, 97.7])
-    less, greater = chk.welch_less(a, b)
+    less, greater = chk.welch_one_sided(a, b)
     assert less == pytest.approx(stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
     assert greater == pytest.approx(1 - less)
     same = np.array([97.0, 97.0])
-    assert chk.welch_less(same, same) == (1.0, 1.0)
-    assert chk.welch_less(same - 1, same) == (0.0, 1.0)
+    assert chk.welch_one_sided(same, same) == (1.0, 1.0)
+    assert chk.welch_one_sided(same - 1, same) == (0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- bad input -> one line, exit 2

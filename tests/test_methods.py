@@ -134,7 +134,7 @@ def test_student_method_loss_is_cross_entropy():
     capture("student", get_method("student").Params(), ctx)
     losses = calls[0]["steps"][0].loss_fn(Batch(x, y, torch.arange(4)))
     assert set(losses) == {"ce"}
-    assert float(losses["ce"]) == pytest.approx(hand_ce(Z_S, Y), rel=1e-5)
+    assert float(losses["ce"].detach()) == pytest.approx(hand_ce(Z_S, Y), rel=1e-5)
 
 
 def test_kd_method_loss_golden():
@@ -145,8 +145,8 @@ def test_kd_method_loss_golden():
     idx = torch.tensor([2, 0])  # teacher logits must be looked up by batch.idx
     losses = calls[0]["steps"][0].loss_fn(Batch(x[idx], y[idx], idx))
     zs, zt, yy = [Z_S[2], Z_S[0]], [Z_T[2], Z_T[0]], [Y[2], Y[0]]
-    assert float(losses["ce"]) == pytest.approx(0.3 * hand_ce(zs, yy), rel=1e-5)
-    assert float(losses["kd"]) == pytest.approx(0.7 * 4.0 * hand_kl(zt, zs, 2.0), rel=1e-5)
+    assert float(losses["ce"].detach()) == pytest.approx(0.3 * hand_ce(zs, yy), rel=1e-5)
+    assert float(losses["kd"].detach()) == pytest.approx(0.7 * 4.0 * hand_kl(zt, zs, 2.0), rel=1e-5)
 
 
 # ---------------------------------------------------------------- takd
@@ -171,14 +171,14 @@ def test_takd_stage_losses_use_previous_stage_logits(code_faithful):
     capture("takd", params, ctx)
     losses = calls[0]["steps"][0].loss_fn(b)
     za = [[2 * v for v in z] for z in Z_S]
-    assert float(losses["ce"]) == pytest.approx(0.4 * hand_ce(za, Y), rel=1e-5)
-    assert float(losses["kd"]) == pytest.approx(0.6 * 4.0 * hand_kl(Z_T, za, 2.0) / div, rel=1e-5)
+    assert float(losses["ce"].detach()) == pytest.approx(0.4 * hand_ce(za, Y), rel=1e-5)
+    assert float(losses["kd"].detach()) == pytest.approx(0.6 * 4.0 * hand_kl(Z_T, za, 2.0) / div, rel=1e-5)
     # stage 1: assistant's eval-mode logits (2x) -> student, with T=3, alpha=0.8
     ctx, calls = make_context(x, y, teacher_logits=torch.tensor(Z_T), student=Scaled(1.0), models={"ta": Scaled(2.0)}, capture_at=1)
     capture("takd", params, ctx)
     losses = calls[1]["steps"][0].loss_fn(b)
-    assert float(losses["ce"]) == pytest.approx(0.2 * hand_ce(Z_S, Y), rel=1e-5)
-    assert float(losses["kd"]) == pytest.approx(0.8 * 9.0 * hand_kl(za, Z_S, 3.0) / div, rel=1e-5)
+    assert float(losses["ce"].detach()) == pytest.approx(0.2 * hand_ce(Z_S, Y), rel=1e-5)
+    assert float(losses["kd"].detach()) == pytest.approx(0.8 * 9.0 * hand_kl(za, Z_S, 3.0) / div, rel=1e-5)
 
 
 def test_takd_recipes_and_lr_schedule():
@@ -235,9 +235,9 @@ def test_kdgan_discriminator_loss_golden():
     real = sum(softplus(-G_TABLE[i][Y[i]]) for i in range(4)) / 4  # -log sigmoid(<g, y_true>)
     fake_s = sum(softplus(G_TABLE[i][argmax(BIG_S[i])]) for i in range(4)) / 4  # -log(1 - sigmoid)
     fake_t = sum(softplus(G_TABLE[i][argmax(BIG_T[i])]) for i in range(4)) / 4
-    assert float(losses["real"]) == pytest.approx(real, rel=1e-5)
-    assert float(losses["fake_s"]) == pytest.approx(0.3 * fake_s, rel=1e-5)
-    assert float(losses["fake_t"]) == pytest.approx(0.7 * fake_t, rel=1e-5)
+    assert float(losses["real"].detach()) == pytest.approx(real, rel=1e-5)
+    assert float(losses["fake_s"].detach()) == pytest.approx(0.3 * fake_s, rel=1e-5)
+    assert float(losses["fake_t"].detach()) == pytest.approx(0.7 * fake_t, rel=1e-5)
 
 
 def test_kdgan_student_and_teacher_losses_golden():
@@ -249,12 +249,12 @@ def test_kdgan_student_and_teacher_losses_golden():
     dist = sum(sum((s - t) ** 2 for s, t in zip(BIG_S[i], BIG_T[i])) for i in range(4)) / 4 / 2
     s = pl.s_loss(b)
     adv_s = sum(-softplus(G_TABLE[i][argmax(BIG_S[i])]) for i in range(4)) / 4  # mean log(1 - D)
-    assert float(s["adv"]) == pytest.approx(0.3 * adv_s, rel=1e-5)
-    assert float(s["dist"]) == pytest.approx(2.0 * dist, rel=1e-5)
+    assert float(s["adv"].detach()) == pytest.approx(0.3 * adv_s, rel=1e-5)
+    assert float(s["dist"].detach()) == pytest.approx(2.0 * dist, rel=1e-5)
     t = pl.t_loss(b)
     adv_t = sum(-softplus(G_TABLE[i][argmax(BIG_T[i])]) for i in range(4)) / 4
-    assert float(t["adv"]) == pytest.approx(0.7 * adv_t, rel=1e-5)
-    assert float(t["dist"]) == pytest.approx(0.05 * dist, rel=1e-5)
+    assert float(t["adv"].detach()) == pytest.approx(0.7 * adv_t, rel=1e-5)
+    assert float(t["dist"].detach()) == pytest.approx(0.05 * dist, rel=1e-5)
 
 
 def test_kdgan_gradient_flows_through_straight_through_samples():
@@ -412,8 +412,8 @@ def test_ft_method_loss_golden():
         nt = pooled / pooled.pow(2).sum(1, keepdim=True).sqrt()
         expected = 300.0 * (ns - nt).abs().mean()
         logits = student(x)
-    assert float(losses["ft"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(losses["ce"]) == pytest.approx(hand_ce(logits.tolist(), Y), rel=1e-5)
+    assert float(losses["ft"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(losses["ce"].detach()) == pytest.approx(hand_ce(logits.tolist(), Y), rel=1e-5)
 
 
 def test_ft_refuses_text_datasets():

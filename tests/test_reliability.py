@@ -1,7 +1,9 @@
 """Reliability rules of DESIGN.md §7, each proved by a test:
 
-- kill anywhere: a real `kdbench sweep` process SIGKILLed at random moments resumes to exactly the
-  records of an uninterrupted run, and nothing half-written is ever read as a result;
+- kill anywhere: sweep processes SIGKILLed at random moments of their work (and at four precise
+  moments a random kill rarely hits: halfway through a record, inside teacher training, between a
+  finished teacher build and its rename, halfway through the targets) resume to exactly the records of
+  an uninterrupted `python -m kdbench sweep`, and nothing half-written is ever read as a result;
 - two sweeps at once into one results directory and one cache: no lost or corrupt record, each cache
   entry (dataset, teacher, targets) built exactly once;
 - corrupt caches (teacher, targets, decoded dataset) are detected by checksum, rebuilt with a warning
@@ -47,6 +49,16 @@ KILL_SWEEP = ["sweep", "--method", "student,kd,tcn", "--dataset", "digits", "--m
 N_KILLS = 10
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread for in-process runs: on a small, shared CPU several threads per tiny batch
+    spend their time waiting for each other (results are compared within one thread setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _env(cache: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "KDBENCH_CACHE": str(cache), "KDBENCH_PROGRESS": "0", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
@@ -88,9 +100,13 @@ def _check_final(out: Path, cache: Path, ref: dict[str, dict]) -> None:
         assert not left, f"stray temporary cache folders: {left}"
 
 
-def _phase(out: Path, cache: Path) -> str:
+def _temps(out: Path) -> set[str]:
+    return {p.name for p in out.glob(".*.tmp")} if out.exists() else set()
+
+
+def _phase(out: Path, cache: Path, temps_before: set[str]) -> str:
     """Where the sweep was when it was killed, read from what it left on disk."""
-    if out.exists() and list(out.glob(".*.tmp")):
+    if _temps(out) - temps_before:
         return "record writing"
     teachers = cache / "teachers"
     done = teachers.exists() and any((d / "meta.json").exists() for d in teachers.iterdir() if not d.name.startswith("."))
@@ -105,96 +121,224 @@ def _phase(out: Path, cache: Path) -> str:
     return f"student training ({n} records{', teacher cached' if done else ''})"
 
 
-@pytest.mark.slow
-def test_kill_anywhere_then_resume(tmp_path: Path) -> None:
-    """SIGKILL a real sweep process at random moments (fixed seed), resume each time; every chain of
-    kills and resumes ends with exactly the records of an uninterrupted run."""
-    sweep = [sys.executable, "-m", "kdbench", *KILL_SWEEP]
-    ref_out, ref_cache, log = tmp_path / "ref" / "out", tmp_path / "ref" / "cache", tmp_path / "sweep.log"
-    ref_out.parent.mkdir()
-    t0 = time.monotonic()
-    p = _popen(sweep + ["--out", str(ref_out)], ref_cache, log)
-    ready = None
-    while p.poll() is None:
-        if ready is None and ref_out.exists():
-            ready = time.monotonic() - t0  # the sweep starts its first run: imports and planning are over
-        time.sleep(0.01)
-    total = time.monotonic() - t0
-    assert p.returncode == 0, _tail(log)
-    ref = records(ref_out)
-    assert len(ref) == 6 and all(r["status"] == "ok" for r in ref.values())
-    ready = ready or 0.2
-
-    rng = random.Random(7)
-    phases: list[str] = []
-    chain = 0
-    out, cache = tmp_path / "c0" / "out", tmp_path / "c0" / "cache"
-    launches = 0
-    while len(phases) < N_KILLS:
-        launches += 1
-        assert launches <= 4 * N_KILLS, f"only {len(phases)} kills in {launches} launches: {phases}"
-        out.parent.mkdir(exist_ok=True)
-        at = rng.uniform(max(0.2, 0.7 * ready), total)
-        p = _popen(sweep + ["--out", str(out)], cache, log)
-        try:
-            rc = p.wait(timeout=at)
-        except subprocess.TimeoutExpired:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait()
-            phases.append(_phase(out, cache))
-            _check_readable(out)
-            continue
-        assert rc == 0, _tail(log)  # finished before its kill: the chain is complete
-        _check_final(out, cache, ref)
-        chain += 1
-        out, cache = tmp_path / f"c{chain}" / "out", tmp_path / f"c{chain}" / "cache"
-    p = _popen(sweep + ["--out", str(out)], cache, log)  # resume the last chain to the end
-    assert p.wait(timeout=600) == 0, _tail(log)
-    _check_final(out, cache, ref)
-    print(f"\nuninterrupted sweep {total:.1f}s (first run after {ready:.1f}s); {len(phases)} kills in "
-          f"{launches} launches, {chain + 1} chains; killed during: {phases}")
-    assert any(ph != "start-up / data" for ph in phases), phases
-
-
-KILL_WHILE_WRITING = """
-import os, signal, sys
-import kdbench.store as store
-real = store.atomic_write_text
-count = [0]
-def dying_write(path, text):
-    count[0] += 1
-    if count[0] == int(os.environ["KILL_AT_WRITE"]):  # write half the record to its temporary, then die
-        tmp = path.parent / f".{path.name}.killed.tmp"
-        with open(tmp, "w") as f:
-            f.write(text[: len(text) // 2]); f.flush(); os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(path, text)
-store.atomic_write_text = dying_write
+# A fork server: it imports kdbench, torch and the methods once, then for each request (a JSON line:
+# argv, cache, log, optional kill point) forks a child process that runs `kdbench.cli.main(argv)`,
+# exactly what `python -m kdbench` runs (kdbench/__main__.py), and reports "pid N", then "exit CODE".
+# Each sweep is its own OS process, killed with SIGKILL like any other; the fork only skips the
+# interpreter start-up, which on a small shared machine is most of a tiny sweep's wall time, so the
+# kill moments land in the work. A kill point makes the child kill itself at one precise moment.
+FORK_SERVER = """
+import json, os, signal, sys, traceback
+import torch, torch._dynamo, sklearn.datasets  # what a sweep imports on its first run anyway
+import kdbench.api, kdbench.executors, kdbench.runner
 from kdbench.cli import main
-sys.exit(main(sys.argv[1:]))
+from kdbench.method import load_methods
+load_methods()
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm(point):
+    from pathlib import Path
+    import kdbench.store as store, kdbench.teachers as teachers
+    if point == "record-half":  # the third record: half of it in its temporary file, then die
+        real, n = store.atomic_write_text, [0]
+        def write(path, text):
+            n[0] += 1
+            if n[0] == 3:
+                with open(path.parent / f".{path.name}.killed.tmp", "w") as f:
+                    f.write(text[: len(text) // 2]); f.flush(); os.fsync(f.fileno())
+                die()
+            return real(path, text)
+        store.atomic_write_text = write
+    elif point == "teacher-training":  # at the start of the teacher's second epoch
+        real_train = teachers.train
+        teachers.train = lambda *a, **k: real_train(*a, **k, on_epoch_start=lambda e: die() if e == 2 else None)
+    elif point == "teacher-publish":  # trained and written, about to be renamed into place
+        real_replace = os.replace
+        def replace(src, dst, **k):
+            if Path(src).is_dir() and Path(src).parent.name == "teachers":
+                die()
+            return real_replace(src, dst, **k)
+        os.replace = replace
+    elif point == "targets-write":  # features written, logits half written
+        real_save = teachers.save_array
+        def save(dirpath, name, array):
+            if name == "logits":
+                (dirpath / "logits.npy").write_bytes(b"\\x93NUMPY" + bytes(40)); die()
+            return real_save(dirpath, name, array)
+        teachers.save_array = save
+
+
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.environ["KDBENCH_CACHE"] = req["cache"]
+        fd = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        try:
+            if req.get("kill"):
+                arm(req["kill"])
+            code = main(req["argv"])
+        except BaseException:
+            traceback.print_exc()
+            code = 99
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print(f"pid {pid}", flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
 """
 
 
+class ForkServer:
+    """Drives FORK_SERVER: `start` one sweep, `wait` for its exit code (None on timeout)."""
+
+    def __init__(self, folder: Path):
+        import queue
+        import threading
+
+        self.log = folder / "sweeps.log"
+        script = folder / "fork_server.py"
+        script.write_text(FORK_SERVER)
+        self.proc = subprocess.Popen([sys.executable, str(script)], env=_env(folder / "unused-cache"), cwd=folder,
+                                     text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(self.log, "ab"))
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(x.strip()) for x in self.proc.stdout], daemon=True).start()
+
+    def _next(self, timeout: float) -> str:
+        import queue
+
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+
+    def start(self, out: Path, cache: Path, kill: str | None = None, argv: list[str] = KILL_SWEEP) -> int:
+        if not getattr(self, "ready", False):
+            assert self._next(600) == "ready", _tail(self.log)
+            self.ready = True
+        req = {"argv": [*argv, "--out", str(out)], "cache": str(cache), "log": str(self.log), "kill": kill}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        word, pid = self._next(60).split()
+        assert word == "pid"
+        return int(pid)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            word, code = self._next(timeout).split()
+        except TimeoutError:
+            return None
+        assert word == "exit"
+        return int(code)
+
+    def run(self, out: Path, cache: Path, kill: str | None = None) -> int:
+        self.start(out, cache, kill)
+        code = self.wait(600)
+        assert code is not None, _tail(self.log)
+        return code
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """(fork server, records of an uninterrupted `python -m kdbench sweep`); the server imports while
+    the reference runs."""
+    folder = tmp_path_factory.mktemp("kill")
+    server = ForkServer(folder)
+    try:
+        out, cache = folder / "ref" / "out", folder / "ref" / "cache"
+        out.parent.mkdir()
+        p = _popen([sys.executable, "-m", "kdbench", *KILL_SWEEP, "--out", str(out)], cache, server.log)
+        assert p.wait(timeout=600) == 0, _tail(server.log)
+        ref = records(out)
+        assert len(ref) == 6 and all(r["status"] == "ok" for r in ref.values())
+        yield server, ref
+    finally:
+        server.close()
+
+
 @pytest.mark.slow
-def test_kill_while_writing_a_record(tmp_path: Path, monkeypatch) -> None:
-    """A process killed halfway through writing a record leaves a temporary that is never read as a
-    result; the resumed sweep redoes exactly that run."""
-    script = tmp_path / "dying.py"
-    script.write_text(KILL_WHILE_WRITING)
-    out, cache, log = tmp_path / "out", tmp_path / "cache", tmp_path / "log.txt"
-    args = ["sweep", "--method", "student", "--dataset", "digits", "--max-train", "200", "--epochs", "1",
-            "--seeds", "3", "--no-latency", "--threads", "1", "--out", str(out)]
-    p = _popen([sys.executable, str(script), *args], cache, log, KILL_AT_WRITE="2")
-    assert p.wait(timeout=600) == -signal.SIGKILL, _tail(log)
-    assert [p.name for p in _record_files(out)] and len(_record_files(out)) == 1
-    assert list(out.glob(".*.tmp")), "the half-written temporary should be there"
+def test_kill_anywhere_then_resume(sweeps, tmp_path: Path) -> None:
+    """SIGKILL real sweep processes at random moments of their work (fixed seed) and resume each time;
+    every chain of kills and resumes ends with exactly the records of the uninterrupted
+    `python -m kdbench sweep`, and after every kill nothing half-written is read as a result."""
+    server, ref = sweeps
+    t0 = time.monotonic()  # the work of one uninterrupted sweep, without the interpreter start-up
+    assert server.run(tmp_path / "timing", tmp_path / "timing-cache") == 0, _tail(server.log)
+    work = time.monotonic() - t0
+    assert {k: comparable(r) for k, r in records(tmp_path / "timing").items()} == {
+        k: comparable(r) for k, r in ref.items()}  # a forked sweep computes what the command line does
+
+    rng = random.Random(7)
+    phases: list[str] = []
+    chain, in_chain, launches = 0, 0, 0
+    out, cache = tmp_path / "c0" / "out", tmp_path / "c0" / "cache"
+    while len(phases) < N_KILLS:
+        launches += 1
+        assert launches <= 4 * N_KILLS, f"only {len(phases)} kills in {launches} launches: {phases}"
+        at = rng.uniform(0.05, work)
+        temps = _temps(out)
+        pid = server.start(out, cache)
+        rc = server.wait(timeout=at if in_chain < 3 else 600)  # 3 kills per chain, then resume to the end
+        if rc is None:
+            os.kill(pid, signal.SIGKILL)
+            assert server.wait(timeout=60) == -signal.SIGKILL
+            phases.append(_phase(out, cache, temps))
+            in_chain += 1
+            _check_readable(out)
+            continue
+        assert rc == 0, _tail(server.log)  # this chain is complete: check it, start a fresh one
+        _check_final(out, cache, ref)
+        chain, in_chain = chain + 1, 0
+        out, cache = tmp_path / f"c{chain}" / "out", tmp_path / f"c{chain}" / "cache"
+    if out.exists():  # resume the last chain to the end
+        assert server.run(out, cache) == 0, _tail(server.log)
+        _check_final(out, cache, ref)
+    print(f"\nsweep work {work:.1f}s; {len(phases)} kills in {launches} launches, {chain + 1} chains; "
+          f"killed during: {phases}")
+    assert any(ph != "start-up / data" for ph in phases), phases
+
+
+def _teacher_temps(cache: Path) -> list[Path]:
+    return [d for d in (cache / "teachers").glob(".*") if d.is_dir()]
+
+
+KILL_POINTS = {  # what each precise kill leaves behind, checked before the resume
+    "record-half": lambda out, cache: len(_record_files(out)) == 2 and len(list(out.glob(".*.killed.tmp"))) == 1,
+    "teacher-training": lambda out, cache: len(_teacher_temps(cache)) == 1 and not _entries(cache, "teachers"),
+    "teacher-publish": lambda out, cache: [sorted(p.name for p in d.iterdir()) for d in _teacher_temps(cache)]
+    == [["meta.json", "model.safetensors"]] and not _entries(cache, "teachers"),
+    "targets-write": lambda out, cache: len(_entries(cache, "teachers")) == 1 and not _entries(cache, "targets")
+    and len([d for d in (cache / "targets").glob(".*") if d.is_dir()]) == 1,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_at_a_precise_moment_then_resume(point: str, sweeps, tmp_path: Path) -> None:
+    """Kills at the moments a random kill rarely hits: halfway through a record's temporary file,
+    inside teacher training, between a finished teacher build and its rename, halfway through the
+    targets. The leftovers are never used; the resumed sweep ends with the reference records."""
+    server, ref = sweeps
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert server.run(out, cache, kill=point) == -signal.SIGKILL, _tail(server.log)
+    assert KILL_POINTS[point](out, cache), (sorted(p.name for p in out.iterdir()) if out.exists() else None,
+                                            sorted(str(p.relative_to(cache)) for p in cache.rglob("*")))
     _check_readable(out)
-    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
-    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-    assert main(args) == 0  # resume in-process: the two missing runs are done, the finished one skipped
-    recs = records(out)
-    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs.values())
-    assert len(store.load_results(out)) == 3
+    assert server.run(out, cache) == 0, _tail(server.log)
+    _check_final(out, cache, ref)
 
 
 # ----------------------------------------------------------------------------------- concurrency
@@ -247,14 +391,15 @@ sys.exit(main(sys.argv[1:]))
 
 
 def make_idx_mnist(root: Path, n_train: int = 240, n_test: int = 60, seed: int = 0) -> Path:
-    """A tiny MNIST-layout data root (IDX files), so the decoded-dataset cache is exercised too."""
+    """A tiny MNIST-layout data root (IDX files, 10x10 images to keep training instant), so the
+    decoded-dataset cache is exercised too."""
     rng = np.random.default_rng(seed)
     y_tr, y_te = (np.arange(n_train) % 10).astype(np.uint8), (np.arange(n_test) % 10).astype(np.uint8)
 
-    def images(y: np.ndarray) -> np.ndarray:  # noisy class-dependent blobs: learnable, deterministic
-        x = rng.integers(0, 60, size=(len(y), 28, 28)).astype(np.int32)
+    def images(y: np.ndarray) -> np.ndarray:  # noisy class-dependent stripes: learnable, deterministic
+        x = rng.integers(0, 60, size=(len(y), 10, 10)).astype(np.int32)
         for i, c in enumerate(y):
-            x[i, 2 * c + 2: 2 * c + 8, 4:24] += 180
+            x[i, c, 1:9] += 180
         return np.clip(x, 0, 255).astype(np.uint8)
 
     arrays = {"train_x": images(y_tr), "train_y": y_tr, "test_x": images(y_te), "test_y": y_te}
@@ -581,3 +726,15 @@ def test_record_spec_round_trip_keeps_the_key() -> None:
     assert resolve(RunSpec.from_dict(canonical)).key == a.key
     with pytest.raises(KdbenchError, match="run field 'seed'"):
         RunSpec.from_dict({**canonical, "seed": "0"})
+
+
+def test_records_and_cache_entries_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through private temporaries (0600); the published files must not stay private."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = store.write_record(tmp_path / "out", {"run_key": "k", "status": "ok", "spec": {}})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    entry = CacheEntry("targets", "k", tmp_path / "cache")
+    entry.get_or_build(lambda tmp: ((tmp / "a.bin").write_bytes(b"x"), {})[1])
+    assert entry.dir.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (entry.dir / "meta.json").stat().st_mode & 0o777 == 0o666 & ~umask
