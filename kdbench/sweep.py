@@ -112,11 +112,14 @@ def _number(value: Any, positive: bool = False) -> float:
         raise ValueError(f"{value!r} is not a number")
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{str(value)[:40]!r} is not a number") from None
     if not math.isfinite(v) or (positive and v <= 0):
         raise ValueError(f"{value!r} must be a positive number" if positive else f"{value!r} is not finite")
     return v
+
+
+MAX_SEEDS = 1000
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
@@ -124,6 +127,8 @@ def _seeds(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)) or (isinstance(value, str) and "," in value):
         return _int_list(value, minimum=0)
     n = _int(value, minimum=1)
+    if n > MAX_SEEDS:
+        raise ValueError(f"{n} seeds is more than the {MAX_SEEDS} a sweep allows; list them explicitly if you mean it")
     return tuple(range(n))
 
 

@@ -143,9 +143,6 @@ def test_sweep_fields_raise_kdbench_error_only(name: str, value) -> None:
     assert key == name
 
 
-@pytest.mark.xfail(strict=True, reason="kdbench/sweep.py: _number() and _seeds() let OverflowError escape for "
-                                       "integers beyond float / ssize_t range (e.g. `lr: 1000...0` in YAML); "
-                                       "they should catch it and raise ValueError like other bad numbers")
 @pytest.mark.parametrize("name", ["lr", "val_fraction", "seeds"])
 def test_sweep_fields_huge_integer(name: str) -> None:
     with pytest.raises(KdbenchError):

@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..report import build_report
-from ..report.build import SPREADS
-from ..report.data import ACCURACY
-from ..report.render import FORMATS
+# the report stack (pandas, scipy, matplotlib) is imported only when `report` runs, so that every
+# other command starts fast; choices are validated by build_report with a did-you-mean
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,12 +19,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="parent folder of the report (default: reports)")
     p.add_argument("--name", default=None, help="report folder name (default: the results folder's name)")
     p.add_argument("--format", default="md,latex,csv", dest="formats",
-                   help=f"comma-separated subset of {','.join(FORMATS.names())} (default: md,latex,csv)")
+                   help="comma-separated subset of md,latex,csv (default: md,latex,csv)")
     p.add_argument("--baseline-method", default="kd", help="method the Welch tests compare against (default: kd)")
-    p.add_argument("--accuracy", default="valbest", choices=ACCURACY.names(),
+    p.add_argument("--accuracy", default="valbest", choices=["valbest", "last"],
                    help="test accuracy at the val-best epoch (default) or at the last epoch")
     p.add_argument("--bootstrap", action="store_true", help="bootstrap CIs (scipy BCa, fixed seed) instead of Student t")
-    p.add_argument("--spread", default="ci", choices=list(SPREADS),
+    p.add_argument("--spread", default="ci", choices=["ci", "std"],
                    help="what ± shows: 95%% CI half-width (default) or the standard deviation")
     p.add_argument("--no-figures", action="store_true", help="tables only, no plots")
     p.set_defaults(func=run)
@@ -35,6 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report; user errors raise KdbenchError (the CLI prints one line, exit code 2)."""
+    from ..report import build_report
+
     out = build_report(args.results_dir, args.out, name=args.name, formats=args.formats, accuracy=args.accuracy,
                        baseline_method=args.baseline_method, bootstrap=args.bootstrap, spread=args.spread,
                        figures=not args.no_figures)
