@@ -59,18 +59,20 @@ class Sizes:
     sweep_runs: int
     sweep_epochs: int
     eff_train: int  # `efficiency`: samples of the timed loop
+    eff_eval: int  # `efficiency`: val samples (validation is not counted as work)
     peak_size: int  # `efficiency`: n of the n x n x n matmul
     latency_repeats: int
     profile_train: int
+    profile_eval: int  # `profile`: val / test samples (so validation does not dominate the epoch)
     memory_sweep_runs: int
 
 
 FULL = Sizes(dataset="mnist", recipe=None, targets_train=None, fused_train=6400, sweep_dataset="mnist",
-             sweep_max_train=1000, sweep_teacher_epochs=1, sweep_runs=8, sweep_epochs=1, eff_train=3200,
-             peak_size=2048, latency_repeats=20, profile_train=4096, memory_sweep_runs=2)
+             sweep_max_train=1000, sweep_teacher_epochs=1, sweep_runs=8, sweep_epochs=1, eff_train=3200, eff_eval=256,
+             peak_size=2048, latency_repeats=20, profile_train=4096, profile_eval=512, memory_sweep_runs=2)
 QUICK = Sizes(dataset="digits", recipe=TeacherRecipe(epochs=2, batch_size=64), targets_train=256, fused_train=256,
               sweep_dataset="digits", sweep_max_train=200, sweep_teacher_epochs=1, sweep_runs=2, sweep_epochs=1,
-              eff_train=256, peak_size=256, latency_repeats=3, profile_train=256, memory_sweep_runs=2)
+              eff_train=256, eff_eval=64, peak_size=256, latency_repeats=3, profile_train=256, profile_eval=64, memory_sweep_runs=2)
 
 
 @dataclass(frozen=True)
@@ -182,13 +184,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(arms: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def interleave(arms: dict[Any, Callable[[], Any]], rounds: int) -> dict[Any, list[Any]]:
     """Call the arms in turn (A, B, A, B, ...) `rounds` times; each returns its own measurement.
     Interleaving makes slow drifts of a shared machine's load hit both arms alike."""
-    out: dict[str, list[float]] = {k: [] for k in arms}
+    out: dict[Any, list[Any]] = {k: [] for k in arms}
     for _ in range(rounds):
         for name, fn in arms.items():
-            out[name].append(float(fn()))
+            out[name].append(fn())
     return out
 
 
@@ -203,19 +205,21 @@ def load_average() -> float | None:
         return None
 
 
-def matmul_peak_gflops(n: int, device: torch.device, repeats: int = 5) -> float:
-    """float32 GFLOP/s of one n x n x n torch.matmul (median of `repeats` after a warm-up)."""
+def matmul_peak_gflops(n: int, device: torch.device, repeats: int = 5) -> tuple[float, float]:
+    """float32 GFLOP/s of one n x n x n torch.matmul (median of `repeats` after a warm-up), per
+    wall second and per CPU second of this process (the latter ignores time spent descheduled)."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     torch.matmul(a, b)
     sync(device)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.matmul(a, b)
         sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / median(times) / 1e9
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 2 * n**3 / median(wall) / 1e9, 2 * n**3 / max(median(cpu), 1e-9) / 1e9
 
 
 def forward_ms(model: nn.Module | Callable[[Tensor], Any], x: Tensor, device: torch.device, repeats: int) -> float:
@@ -352,19 +356,24 @@ class Session:
             teacher = self._teachers[tkey]
         return Setup(r, data, teacher, self.device)
 
-    def context(self, setup: Setup, n_train: int | None = None, in_loop: bool = False) -> Context:
+    def context(self, setup: Setup, n_train: int | None = None, in_loop: bool = False, n_eval: int | None = None) -> Context:
         """A fresh Context on the cached targets, optionally on the first `n_train` training samples
-        (targets sliced to match, so no new cache entry is built) and/or with the teacher in the loop."""
+        and the first `n_eval` val / test samples (targets sliced to match, so no new cache entry is
+        built) and/or with the teacher in the loop."""
         from .runner import build_context
 
         ctx = build_context(setup.resolved, setup.data, setup.device, setup.teacher, False, {})
-        if n_train is not None and n_train < len(setup.data.train):
-            sub = dataclasses.replace(setup.data, train=Split(setup.data.train.x[:n_train], setup.data.train.y[:n_train]))
+        cut = {"train": n_train, "val": n_eval, "test": n_eval}
+        cut = {k: v for k, v in cut.items() if v is not None and v < len(getattr(setup.data, k))}
+        if cut:
+            sub = dataclasses.replace(setup.data, **{k: Split(getattr(setup.data, k).x[:n], getattr(setup.data, k).y[:n])
+                                                     for k, n in cut.items()})
             full_targets = ctx.targets
 
             def targets(split: str) -> Targets:
                 t = full_targets(split)
-                return Targets(logits=t.logits[:n_train], features=t.features[:n_train]) if split == "train" else t
+                n = cut.get(split)
+                return t if n is None else Targets(logits=t.logits[:n], features=t.features[:n])
 
             ctx = dataclasses.replace(ctx, data=sub, targets=targets)
         if in_loop:
@@ -379,14 +388,37 @@ def to_device(data: Splits, device: torch.device) -> Splits:
     return dataclasses.replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
 
 
-def fit_once(setup: Setup, ctx: Context) -> tuple[FitResult, float]:
-    """method.fit as the runner calls it (seeded first); returns (fit, wall seconds)."""
+@dataclass
+class Timed:
+    """A fit with its wall time and this process's CPU time (user + sys, all threads). On a loaded
+    machine wall time includes time spent descheduled; CPU time does not, so it is reported too."""
+
+    fit: FitResult
+    wall_s: float
+    cpu_s: float
+    train_cpu_s: float  # CPU time inside ctx.train (the training stage: batches + per-epoch validation)
+
+
+def fit_once(setup: Setup, ctx: Context) -> Timed:
+    """method.fit as the runner calls it (seeded first), timed; ctx.train is wrapped to time the
+    training stage's CPU seconds too."""
     seed_everything(setup.resolved.spec.seed)
     method = setup.resolved.method(setup.resolved.params)
-    t0 = time.perf_counter()
+    stage: list[float] = []
+    inner = ctx.train
+
+    def train(*args: Any, **kw: Any) -> Any:
+        c0 = time.process_time()
+        try:
+            return inner(*args, **kw)
+        finally:
+            stage.append(time.process_time() - c0)
+
+    ctx.train = train  # type: ignore[method-assign]  # this fresh context only
+    t0, c0 = time.perf_counter(), time.process_time()
     fit = method.fit(ctx)
     sync(setup.device)
-    return fit, time.perf_counter() - t0
+    return Timed(fit, time.perf_counter() - t0, time.process_time() - c0, sum(stage))
 
 
 def loop_seconds(fit: FitResult, stage: str = "students") -> float:
@@ -425,28 +457,29 @@ def bench_targets(s: Session) -> list[BenchRow]:
     batch (in the loop) vs its cached dense features. The loss history must be identical."""
     z = s.sizes
     setup = s.setup("tcn", n_students=4, mode="ff", epochs=1, params={"fused": False, "finetune": False})
-    fits: dict[str, list[tuple[FitResult, float]]] = {"loop": [], "cached": []}
+    fits: dict[str, list[Timed]] = {"loop": [], "cached": []}
 
     def arm(kind: str) -> float:
-        ctx = s.context(setup, z.targets_train, in_loop=kind == "loop")
-        fit, wall = fit_once(setup, ctx)
-        fits[kind].append((fit, wall))
-        return loop_seconds(fit)
+        fits[kind].append(fit_once(setup, s.context(setup, z.targets_train, in_loop=kind == "loop")))
+        return loop_seconds(fits[kind][-1].fit)
 
     times = interleave({"loop": lambda: arm("loop"), "cached": lambda: arm("cached")}, s.cfg.n_targets_rounds)
-    ref = loss_history(fits["cached"][0][0])
-    same = all(loss_history(f) == ref for kind in fits for f, _ in fits[kind])
-    per_student = {kind: [[r["time_s"] for r in f.history if r.get("stage") == "students"] for f, _ in fits[kind]] for kind in fits}
+    ref = loss_history(fits["cached"][0].fit)
+    same = all(loss_history(t.fit) == ref for kind in fits for t in fits[kind])
+    per_student = {kind: [[r["time_s"] for r in t.fit.history if r.get("stage") == "students"] for t in fits[kind]] for kind in fits}
     ratios = [lo / ca for lo, ca in zip(per_student["loop"][0], per_student["cached"][0])]
+    cpu = {k: median([t.train_cpu_s for t in v]) for k, v in fits.items()}
     n_train = len(setup.data.train) if z.targets_train is None else min(z.targets_train, len(setup.data.train))
     return [BenchRow(
         "targets: teacher in loop / cached", "teacher in loop", median(times["loop"]), "cached targets",
         median(times["cached"]), "s", Goal(">=", 4.0),
         notes=f"TCN ff n=4 sequential, 1 epoch on {n_train} {setup.resolved.spec.dataset} samples; "
-              f"per-student ratios {', '.join(f'{r:.2f}' for r in ratios)}",
+              f"per-student ratios {', '.join(f'{r:.2f}' for r in ratios)}; CPU-time ratio of the training stage {cpu['loop'] / cpu['cached']:.2f}",
         checks={"identical per-epoch loss history": same},
         details={"loop_s": times["loop"], "cached_s": times["cached"], "per_student_s": per_student,
-                 "fit_wall_s": {k: [w for _, w in v] for k, v in fits.items()}, "loss_history": ref,
+                 "fit_wall_s": {k: [t.wall_s for t in v] for k, v in fits.items()},
+                 "fit_cpu_s": {k: [t.cpu_s for t in v] for k, v in fits.items()},
+                 "train_stage_cpu_s": {k: [t.train_cpu_s for t in v] for k, v in fits.items()}, "loss_history": ref,
                  "n_train": n_train, "timed": "sum of the engine's per-epoch batch-loop time over the 4 students"},
     )]
 
@@ -458,15 +491,15 @@ def bench_fused(s: Session) -> list[BenchRow]:
     for mode in ("ff", "gan"):
         setups = {kind: s.setup("tcn", n_students=8, mode=mode, epochs=1, params={"fused": kind == "fused", "finetune": False})
                   for kind in ("sequential", "fused")}
-        fits: dict[str, list[tuple[FitResult, float]]] = {k: [] for k in setups}
+        fits: dict[str, list[Timed]] = {k: [] for k in setups}
 
         def arm(kind: str, setups=setups, fits=fits) -> float:
-            fit, wall = fit_once(setups[kind], s.context(setups[kind], s.sizes.fused_train))
-            fits[kind].append((fit, wall))
-            return loop_seconds(fit)
+            fits[kind].append(fit_once(setups[kind], s.context(setups[kind], s.sizes.fused_train)))
+            return loop_seconds(fits[kind][-1].fit)
 
         times = interleave({k: (lambda k=k: arm(k)) for k in setups}, s.cfg.n_rounds)
-        seq, fus = fits["sequential"][0][0], fits["fused"][0][0]
+        seq, fus = fits["sequential"][0].fit, fits["fused"][0].fit
+        cpu = {k: median([t.train_cpu_s for t in v]) for k, v in fits.items()}
         state_diff = max_abs_diff(seq.last_state, fus.last_state)
         mse_diff = max_rel_diff(seq.metrics["feature_mse_per_student"], fus.metrics["feature_mse_per_student"])
         if mode == "ff":  # exact up to float reassociation
@@ -474,19 +507,22 @@ def bench_fused(s: Session) -> list[BenchRow]:
                       "per-student feature MSE equal (rel 1e-4)": mse_diff <= 1e-4}
         else:  # Adam + BN: statistically equal only (see methods/tcn.py)
             checks = {"per-student feature MSE agree (rel 5e-2; gan+Adam is statistical)": mse_diff <= 5e-2}
-        repeat_same = all(max_abs_diff(f.last_state, fits[k][0][0].last_state) == 0.0 for k in fits for f, _ in fits[k])
+        repeat_same = all(max_abs_diff(t.fit.last_state, fits[k][0].fit.last_state) == 0.0 for k in fits for t in fits[k])
         checks["repeated fits bit-identical"] = repeat_same
         n_train = min(s.sizes.fused_train, len(setups["fused"].data.train))
         rows.append(BenchRow(
             f"fused: {mode} n=8 sequential / fused", "sequential", median(times["sequential"]), "fused",
             median(times["fused"]), "s", Goal(">=", 1.4),
-            notes=f"1 epoch on {n_train} samples; max |state diff| {state_diff:.2g}, max rel feature-MSE diff {mse_diff:.2g}",
+            notes=f"1 epoch on {n_train} samples; CPU-time ratio of the training stage {cpu['sequential'] / cpu['fused']:.2f}; "
+                  f"max |state diff| {state_diff:.2g}, max rel feature-MSE diff {mse_diff:.2g}",
             checks=checks,
             details={"sequential_s": times["sequential"], "fused_s": times["fused"], "max_state_diff": state_diff,
                      "max_rel_feature_mse_diff": mse_diff, "fused_groups": fus.metrics["fused_groups"],
                      "feature_mse_per_student": {"sequential": seq.metrics["feature_mse_per_student"],
                                                  "fused": fus.metrics["feature_mse_per_student"]},
-                     "fit_wall_s": {k: [w for _, w in v] for k, v in fits.items()}},
+                     "fit_wall_s": {k: [t.wall_s for t in v] for k, v in fits.items()},
+                     "fit_cpu_s": {k: [t.cpu_s for t in v] for k, v in fits.items()},
+                     "train_stage_cpu_s": {k: [t.train_cpu_s for t in v] for k, v in fits.items()}},
         ))
     return rows
 
@@ -548,32 +584,38 @@ def bench_parallel(s: Session) -> list[BenchRow]:
 @BENCHES.register("efficiency")
 def bench_efficiency(s: Session) -> list[BenchRow]:
     """Achieved GFLOP/s of the TCN student training loop (fvcore forward FLOPs x 3 for forward +
-    backward x samples / loop time) against the float32 matmul peak measured alongside."""
+    backward, x samples / loop time) against the float32 matmul peak measured alongside; also per
+    CPU second (both sides), which a loaded machine does not distort."""
     from .models import count_macs
 
     z = s.sizes
     rows = []
     for n in (1, 4, 8):
         setup = s.setup("tcn", n_students=n, mode="ff", epochs=1, params={"finetune": False})
-        flops = {}
+        flops: dict[str, int] = {}
 
-        def loop(setup=setup, flops=flops) -> float:
-            ctx = s.context(setup, z.eff_train)
-            fit, _ = fit_once(setup, ctx)
-            students = fit.parts["students"]
+        def loop(setup=setup, flops=flops) -> tuple[float, float]:
+            ctx = s.context(setup, z.eff_train, n_eval=z.eff_eval)
+            timed = fit_once(setup, ctx)
             if "per_sample" not in flops:
-                flops["per_sample"] = sum(2 * count_macs(m, ctx.data.spec) for m in students)
+                flops["per_sample"] = sum(2 * count_macs(m, ctx.data.spec) for m in timed.fit.parts["students"])
                 flops["samples"] = len(ctx.data.train)
-            return 3 * flops["per_sample"] * flops["samples"] / loop_seconds(fit) / 1e9
+            work = 3 * flops["per_sample"] * flops["samples"] / 1e9
+            return work / loop_seconds(timed.fit), work / timed.train_cpu_s
 
         res = interleave({"peak": lambda: matmul_peak_gflops(z.peak_size, s.device), "loop": loop}, s.cfg.n_rounds)
-        achieved, peak = median(res["loop"]), median(res["peak"])
+        achieved, peak = median([w for w, _ in res["loop"]]), median([w for w, _ in res["peak"]])
+        achieved_cpu, peak_cpu = median([c for _, c in res["loop"]]), median([c for _, c in res["peak"]])
         rows.append(BenchRow(
             f"efficiency: TCN n={n} training loop / matmul peak", "achieved", achieved, "peak", peak, "GFLOP/s",
             Goal(">=", 0.30),
             notes=f"{'fused' if n > 1 else 'single'} student(s), {flops['per_sample'] / 1e6:.3g} MFLOP/sample forward (x3), "
-                  f"{flops['samples']} samples; peak = {z.peak_size}^3 float32 matmul",
-            details={"achieved_gflops": res["loop"], "peak_gflops": res["peak"], "forward_flops_per_sample": flops["per_sample"]},
+                  f"{flops['samples']} samples; peak = {z.peak_size}^3 float32 matmul; per CPU second "
+                  f"{achieved_cpu:.3g} / {peak_cpu:.3g} = {achieved_cpu / peak_cpu:.2f}",
+            details={"achieved_gflops": [w for w, _ in res["loop"]], "peak_gflops": [w for w, _ in res["peak"]],
+                     "achieved_gflops_per_cpu_s": [c for _, c in res["loop"]], "peak_gflops_per_cpu_s": [c for _, c in res["peak"]],
+                     "fraction_per_cpu_s": achieved_cpu / peak_cpu, "forward_flops_per_sample": flops["per_sample"],
+                     "cpu_time_note": "achieved per CPU s includes the (cut) per-epoch validation in its time, not in its FLOPs"},
         ))
     return rows
 
@@ -797,7 +839,8 @@ def profile_fit(setup: Setup, ctx: Context, device: torch.device) -> dict[str, A
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        fit, wall = fit_once(setup, ctx)
+        timed = fit_once(setup, ctx)
+    fit, wall = timed.fit, timed.wall_s
     loop = loop_seconds(fit, stage="students")
     events = [e for e in prof.key_averages() if e.key.startswith("aten::") or "Optimizer" in e.key]
     self_s = {e.key: e.self_cpu_time_total / 1e6 for e in events}
@@ -821,13 +864,14 @@ def bench_profile(s: Session) -> list[BenchRow]:
     for name, method, fields in (("tcn ff n=4", "tcn", dict(n_students=4, mode="ff", params={"finetune": False})),
                                  ("kd", "kd", {})):
         setup = s.setup(method, epochs=1, **fields)
-        res = profile_fit(setup, s.context(setup, s.sizes.profile_train), s.device)
+        res = profile_fit(setup, s.context(setup, s.sizes.profile_train, n_eval=s.sizes.profile_eval), s.device)
         slug = "profile_" + name.replace(" ", "_").replace("=", "")
         s.artifacts[f"{slug}.txt"] = res.pop("table")
         top = ", ".join(f"{o['op'].removeprefix('aten::')} {o['pct_of_wall']:.0f}%" for o in res["top_ops"][:4])
         rows.append(BenchRow(
             f"profile: {name} epoch, wall / time in ops", "wall", res["wall_s"], "in aten ops", res["ops_s"], "s",
-            notes=f"{s.sizes.profile_train} samples; top: {top}", details=res,
+            notes=f"whole fit: 1 epoch on {s.sizes.profile_train} samples (loop {res['loop_s']:.3g} s), val/test cut to "
+                  f"{s.sizes.profile_eval}; top: {top}", details=res,
         ))
     return rows
 

@@ -307,7 +307,7 @@ def check(results_dir: str | Path, baseline_dir: str | Path, metric: str | None 
             results.append(CellResult(cell, base, new, math.nan, math.nan, MISSING, [why]))
         elif new_ok:
             results.append(CellResult(cell, base, new, math.nan, math.nan, EXTRA, ["not in the baseline"]))
-    info = {k: summary.get(k) for k in ("preset", "git_commit", "git_dirty", "date", "code_version")}
+    info = {k: summary.get(k) for k in ("preset", "git_commit", "git_dirty", "date", "code_version", "command")}
     info["dir"] = str(baseline_dir)
     return CheckResult(metric, alpha, min_effect, results, info)
 
@@ -340,6 +340,7 @@ def format_report(result: CheckResult) -> str:
         f"AND a drop of more than {result.min_effect:g} points",
         f"baseline: {info.get('dir')} (preset {info.get('preset') or '?'}, commit {str(info.get('git_commit') or '?')[:12]}"
         f"{' + local changes' if info.get('git_dirty') else ''}, {info.get('date') or '?'})",
+        *([f"baseline made by: {info['command']}"] if info.get("command") else []),
         "",
         pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=("left",) * 6),
     ]
@@ -384,7 +385,7 @@ def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
 
 def summarize(results_dir: str | Path, metrics: Iterable[str] = SUMMARY_METRICS, preset: str | None = None,
               protocol: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
-              date: str | None = None) -> dict[str, Any]:
+              date: str | None = None, command: str | None = None) -> dict[str, Any]:
     """The summary.json content of a baseline directory: per cell and metric, seeds, values, mean, std, n."""
     if git is None:  # the checkout the code ran from; else the current directory (a non-editable install)
         git = git_info(Path(__file__).resolve().parent)
@@ -402,7 +403,7 @@ def summarize(results_dir: str | Path, metrics: Iterable[str] = SUMMARY_METRICS,
                             "git_commit": git.get("git_commit"), "date": date})
     return {"schema": SUMMARY_SCHEMA, "preset": preset, "metric": DEFAULT_METRIC, "metrics": list(metrics),
             "date": date, **git, "kdbench_version": __version__, "code_version": CODE_VERSION,
-            "protocol": protocol, "cells": entries}
+            "protocol": protocol, "command": command, "cells": entries}
 
 
 def write_summary(baseline_dir: str | Path, **kw: Any) -> Path:

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import pandas as pd
 
@@ -30,14 +30,15 @@ FILE_MODE = 0o666 & ~UMASK  # what open() would give: mkstemp's private 0600 mus
 DIR_MODE = 0o777 & ~UMASK
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via temp file + fsync + rename, so readers see the old or the new content, never half."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through `write(fileobj)` into a temp file beside `path`, fsync, then rename over it, so
+    readers see the old or the new content, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
@@ -48,6 +49,10 @@ def atomic_write_text(path: Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
     try:  # make the rename durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:

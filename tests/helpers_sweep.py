@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from kdbench.method import METHODS, load_methods
 from kdbench.method import Context, FitResult, Method, Schedule
 
 TIMING_KEYS = ("time", "latency", "rss", "cuda_mb", "load_s")
@@ -84,3 +87,20 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
     data = {k: v for k, v in (record.get("data") or {}).items() if k != "cache"}  # cache hit / built varies
     return {"run_key": record["run_key"], "status": record["status"], "spec": spec, "metrics": metrics,
             "history": history, "teacher": record.get("teacher"), "deviations": record.get("deviations"), "data": data}
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch, tmp_path_factory):
+    """No progress bars; one cache shared by the session, so the tiny teachers train once."""
+    cache = tmp_path_factory.getbasetemp() / "sweep-cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
+    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
+
+
+@pytest.fixture
+def test_methods(monkeypatch):
+    """Register the test-only methods for one test."""
+    load_methods()
+    for cls in TEST_METHODS:
+        monkeypatch.setitem(METHODS._entries, cls.name, cls)

@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -295,6 +294,7 @@ def test_baseline_update_replaces_the_directory(baseline, tmp_path, monkeypatch)
     assert check_cmd.run_update(_update_args(tmp_path, baseline)) == 0
     summary = json.loads((baseline / chk.SUMMARY_FILE).read_text())
     assert summary["preset"] == "ci-mnist" and summary["protocol"]["dataset"] == "mnist"
+    assert summary["command"] == f"kdbench sweep --preset ci-mnist --out {baseline} --threads 1"
     assert {(c["method"], c["n"]) for c in summary["cells"]} == {("kd", 4)}
     assert len(list(baseline.glob("kd-*.json"))) == 4 and not list(baseline.glob("tcn-*.json"))
     assert [p.name for p in baseline.parent.iterdir() if p.name.startswith(".")] == []

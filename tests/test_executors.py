@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_sweep import TEST_METHODS, comparable, records
+from helpers_sweep import TEST_METHODS, comparable, quiet_env, records, test_methods  # noqa: F401  (fixtures)
 
 from kdbench import api, store
 from kdbench.cli import main
@@ -18,21 +18,6 @@ from kdbench.method import METHODS, load_methods
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2",
         "device": "cpu"}
-
-
-@pytest.fixture(autouse=True)
-def quiet_env(monkeypatch, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "sweep-cache"
-    cache.mkdir(exist_ok=True)
-    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
-    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-
-
-@pytest.fixture
-def test_methods(monkeypatch):
-    load_methods()
-    for cls in TEST_METHODS:
-        monkeypatch.setitem(METHODS._entries, cls.name, cls)
 
 
 def test_resume_after_kill_9_redoes_only_the_missing_runs(tmp_path, capsys):

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers_sweep import TEST_METHODS, comparable, records
+from helpers_sweep import TEST_METHODS, comparable, quiet_env, records, test_methods  # noqa: F401  (fixtures)
 
 from kdbench import api, store
 from kdbench.cli import main
@@ -19,21 +19,6 @@ FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2",
         "device": "cpu"}
 FAST_ARGS = ["--dataset", "digits", "--epochs", "1", "--max-train", "300", "--teacher", "plain2",
              "--teacher-epochs", "1", "--student", "plain2", "--no-latency", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def quiet_env(monkeypatch, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "sweep-cache"  # shared by the session: teachers train once
-    cache.mkdir(exist_ok=True)
-    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
-    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-
-
-@pytest.fixture
-def test_methods(monkeypatch):
-    load_methods()
-    for cls in TEST_METHODS:
-        monkeypatch.setitem(METHODS._entries, cls.name, cls)
 
 
 def keys(**overrides) -> list[str]:

@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     u.add_argument("--data-root", default=None, help="data root passed to the sweep (default: $KDBENCH_DATA, ...)")
     u.add_argument("--workers", type=int, default=None, help="passed to the sweep (parallel runs)")
     u.add_argument("--threads", type=int, default=None, help="passed to the sweep (torch threads per run)")
+    u.add_argument("--no-latency", action="store_true", help="passed to the sweep (latency is not gated)")
     u.set_defaults(func=run_update)
     b.set_defaults(func=lambda args: _need_action(b))
 
@@ -67,11 +68,14 @@ def run_update(args: argparse.Namespace) -> int:
         for opt in ("data_root", "workers", "threads"):
             if getattr(args, opt, None) is not None:
                 argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+        if getattr(args, "no_latency", False):
+            argv.append("--no-latency")
         print(f"baseline update: kdbench {' '.join(argv)}", flush=True)
         rc = cli_main(argv)
         if rc != 0:
             raise KdbenchError(f"the {args.preset} sweep exited with {rc}; baseline '{out}' left unchanged")
-        path = write_summary(staging, preset=args.preset, protocol=protocol)
+        command = " ".join(["kdbench", *argv]).replace(str(staging), str(out))
+        path = write_summary(staging, preset=args.preset, protocol=protocol, command=command)
         replace_dir(staging, out)
     finally:
         if staging.exists():

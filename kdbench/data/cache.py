@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from filelock import FileLock
 
+from ..store import atomic_write
 from .catalogue import Decoded
 
 log = logging.getLogger(__name__)
@@ -85,21 +85,6 @@ def _fsync_dir(d: Path) -> None:
         pass
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through `write(fileobj)` into a temp file beside `path`, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_sidecar(d: Path) -> dict[str, Any] | None:
@@ -141,11 +126,11 @@ def _write_entry(d: Path, decoded: Decoded, variant: Mapping[str, Any], source: 
     for name, arr in decoded.arrays.items():
         arr = np.ascontiguousarray(arr)
         p = d / f"{name}.npy"
-        _atomic_write(p, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        atomic_write(p, lambda f, a=arr: np.save(f, a, allow_pickle=False))
         records[name] = {"bytes": p.stat().st_size, "sha256": _sha256(p), "shape": list(arr.shape), "dtype": str(arr.dtype)}
     side = {"format": CACHE_FORMAT, "variant": dict(variant), "source": source, "arrays": records, "meta": decoded.meta}
     text = json.dumps(side, indent=1, sort_keys=True, default=str).encode()
-    _atomic_write(d / SIDECAR, lambda f: f.write(text))
+    atomic_write(d / SIDECAR, lambda f: f.write(text))
     _fsync_dir(d)
 
 
