@@ -472,20 +472,20 @@ def test_cache_stale_source_rebuilds_quietly(tmp_path):
 
 def test_cache_interrupted_write_is_never_used(tmp_path, monkeypatch):
     make_idx(tmp_path)
-    real = cache_mod._atomic_write
+    real = cache_mod.atomic_write
 
     def dies_on_sidecar(path, write):
         if path.name == "entry.json":
             raise KeyboardInterrupt("killed")
         return real(path, write)
 
-    monkeypatch.setattr(cache_mod, "_atomic_write", dies_on_sidecar)
+    monkeypatch.setattr(cache_mod, "atomic_write", dies_on_sidecar)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("mnist", tmp_path)
     entry = _entry_files(tmp_path, "mnist")[0].parent
     assert not (entry / "entry.json").exists() and not list(entry.glob(".*.tmp"))
     (entry / "test_x.npy").write_bytes(b"garbage from a half-finished writer")
-    monkeypatch.setattr(cache_mod, "_atomic_write", real)
+    monkeypatch.setattr(cache_mod, "atomic_write", real)
     s = load_dataset("mnist", tmp_path)
     assert s.info["cache"] == "built" and len(s.test) == 12
     assert load_dataset("mnist", tmp_path).info["cache"] == "hit"
