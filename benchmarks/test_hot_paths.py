@@ -29,7 +29,7 @@ def test_teacher_in_loop_lookup(benchmark, session):
 
 def _tcn_epoch(session, fused: bool):
     setup = session.setup("tcn", n_students=8, mode="ff", epochs=1, params={"fused": fused, "finetune": False})
-    return lambda: fit_once(setup, session.context(setup, 512))[0]
+    return lambda: fit_once(setup, session.context(setup, 512)).fit
 
 
 def test_tcn_epoch_sequential(benchmark, session):

@@ -56,7 +56,8 @@ class Sizes:
     sweep_dataset: str
     sweep_max_train: int
     sweep_teacher_epochs: int
-    sweep_runs: int
+    sweep_runs: int  # tiny students
+    sweep_runs_paper: int  # paper-size students (each run is ~10x longer)
     sweep_epochs: int
     eff_train: int  # `efficiency`: samples of the timed loop
     eff_eval: int  # `efficiency`: val samples (validation is not counted as work)
@@ -68,25 +69,24 @@ class Sizes:
 
 
 FULL = Sizes(dataset="mnist", recipe=None, targets_train=None, fused_train=6400, sweep_dataset="mnist",
-             sweep_max_train=1000, sweep_teacher_epochs=1, sweep_runs=8, sweep_epochs=1, eff_train=3200, eff_eval=256,
+             sweep_max_train=1000, sweep_teacher_epochs=1, sweep_runs=8, sweep_runs_paper=4, sweep_epochs=1, eff_train=3200, eff_eval=256,
              peak_size=2048, latency_repeats=20, profile_train=4096, profile_eval=512, memory_sweep_runs=2)
 QUICK = Sizes(dataset="digits", recipe=TeacherRecipe(epochs=2, batch_size=64), targets_train=256, fused_train=256,
-              sweep_dataset="digits", sweep_max_train=200, sweep_teacher_epochs=1, sweep_runs=2, sweep_epochs=1,
+              sweep_dataset="digits", sweep_max_train=200, sweep_teacher_epochs=1, sweep_runs=2, sweep_runs_paper=2, sweep_epochs=1,
               eff_train=256, eff_eval=64, peak_size=256, latency_repeats=3, profile_train=256, profile_eval=64, memory_sweep_runs=2)
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How to run the benchmarks. `rounds` = A/B repetitions of each interleaved pair (`targets`,
-    whose arms are minutes each, uses `targets_rounds`)."""
+    """How to run the benchmarks. `rounds` = A/B repetitions of each interleaved pair; the pairs
+    whose arms take minutes each (`targets`, `parallel`) use `long_rounds`."""
 
     quick: bool = False
     threads: int = 1
     rounds: int | None = None  # default: 2 full, 1 quick
-    targets_rounds: int | None = None  # default: 1
+    long_rounds: int | None = None  # default: `rounds` when given, else 1
     device: str = "auto"
     data_root: str | None = None
-    out_dir: str | None = None  # profiles are written here too
 
     @property
     def sizes(self) -> Sizes:
@@ -97,8 +97,8 @@ class BenchConfig:
         return self.rounds if self.rounds is not None else (1 if self.quick else 2)
 
     @property
-    def n_targets_rounds(self) -> int:
-        return self.targets_rounds if self.targets_rounds is not None else (self.rounds or 1)
+    def n_long_rounds(self) -> int:
+        return self.long_rounds if self.long_rounds is not None else (self.rounds or 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,7 +463,7 @@ def bench_targets(s: Session) -> list[BenchRow]:
         fits[kind].append(fit_once(setup, s.context(setup, z.targets_train, in_loop=kind == "loop")))
         return loop_seconds(fits[kind][-1].fit)
 
-    times = interleave({"loop": lambda: arm("loop"), "cached": lambda: arm("cached")}, s.cfg.n_targets_rounds)
+    times = interleave({"loop": lambda: arm("loop"), "cached": lambda: arm("cached")}, s.cfg.n_long_rounds)
     ref = loss_history(fits["cached"][0].fit)
     same = all(loss_history(t.fit) == ref for kind in fits for t in fits[kind])
     per_student = {kind: [[r["time_s"] for r in t.fit.history if r.get("stage") == "students"] for t in fits[kind]] for kind in fits}
@@ -547,36 +547,43 @@ def bench_parallel(s: Session) -> list[BenchRow]:
 
     z = s.sizes
     rows = []
-    for kind, n in (("tiny", 8), ("paper-size", 1)):
+    for kind, n, runs in (("tiny", 8, z.sweep_runs), ("paper-size", 1, z.sweep_runs_paper)):
         fields = dict(method="tcn", dataset=z.sweep_dataset, students=[n], mode=["ff"], max_train=z.sweep_max_train,
                       epochs=z.sweep_epochs, teacher_epochs=z.sweep_teacher_epochs, device=s.cfg.device)
         records: dict[int, list[list[dict[str, Any]]]] = {1: [], 2: []}
         with tempfile.TemporaryDirectory(prefix="kdbench-bench-") as tmp:
-            # warm-up: data decoded, teacher trained and its targets cached before anything is timed
-            sweep(**fields, seeds=[z.sweep_runs + 100], out=Path(tmp, "warm"), workers=1, threads=s.cfg.threads,
-                  latency=False, log=None, progress=False, data_root=s.cfg.data_root)
+            # warm-up, untimed: data decoded, teacher trained and its targets cached (in-process run),
+            # and the pool's forkserver started (it is reused by every later pool in this process)
+            warm = {}
+            for workers, seeds in ((1, [runs + 100]), (2, [runs + 101, runs + 102])):
+                t0 = time.perf_counter()
+                sweep(**fields, seeds=seeds, out=Path(tmp, f"warm{workers}"), workers=workers, threads=s.cfg.threads,
+                      latency=False, log=None, progress=False, data_root=s.cfg.data_root)
+                warm[workers] = time.perf_counter() - t0
             count = [0]
 
-            def arm(workers: int, fields=fields, records=records, tmp=tmp, count=count) -> float:
+            def arm(workers: int, fields=fields, records=records, tmp=tmp, count=count, runs=runs) -> float:
                 count[0] += 1
                 t0 = time.perf_counter()
-                res = sweep(**fields, seeds=z.sweep_runs, out=Path(tmp, f"w{workers}-{count[0]}"), workers=workers,
+                res = sweep(**fields, seeds=runs, out=Path(tmp, f"w{workers}-{count[0]}"), workers=workers,
                             threads=s.cfg.threads, latency=False, log=None, progress=False, data_root=s.cfg.data_root)
                 wall = time.perf_counter() - t0
                 records[workers].append(sorted(res.records, key=lambda r: r["run_key"]))
                 return wall
 
-            times = interleave({1: lambda: arm(1), 2: lambda: arm(2)}, s.cfg.n_rounds)
+            times = interleave({1: lambda: arm(1), 2: lambda: arm(2)}, s.cfg.n_long_rounds)
         ref = [comparable(r) for r in records[1][0]]
         all_ok = all(r.get("status") == "ok" for w in records for rs in records[w] for r in rs)
         same = all([comparable(r) for r in rs] == ref for w in records for rs in records[w])
         goal = Goal(">=", 1.1) if kind == "tiny" else Goal(">=", 0.95)
         rows.append(BenchRow(
             f"parallel: {kind} sweep workers 1 / 2", "--workers 1", median(times[1]), "--workers 2", median(times[2]), "s", goal,
-            notes=f"{z.sweep_runs} TCN ff n={n} runs on {z.sweep_dataset} max_train={z.sweep_max_train}, "
-                  f"{z.sweep_epochs} epoch(s), no latency; {s.cfg.threads} torch thread(s) per run in both arms",
+            notes=f"{runs} TCN ff n={n} runs on {z.sweep_dataset} max_train={z.sweep_max_train}, "
+                  f"{z.sweep_epochs} epoch(s), no latency; {s.cfg.threads} torch thread(s) per run in both arms; "
+                  f"warm pool (untimed warm-up: 1 run in-process {warm[1]:.0f} s, 2 runs on a cold pool {warm[2]:.0f} s)",
             checks={"all runs ok": all_ok, "identical records (timings excluded)": same},
-            details={"workers1_s": times[1], "workers2_s": times[2], "runs": z.sweep_runs, "n_students": n},
+            details={"workers1_s": times[1], "workers2_s": times[2], "runs": runs, "n_students": n,
+                     "warmup_s": {"workers1_1run": warm[1], "workers2_2runs_cold_pool": warm[2]}},
         ))
     return rows
 
@@ -795,10 +802,11 @@ def bench_memory(s: Session) -> list[BenchRow]:
         sw = run_polled([sys.executable, "-m", "kdbench", "sweep", *common, "--seeds", str(z.memory_sweep_runs),
                          "--workers", "2", "--threads", str(s.cfg.threads), "--out", str(Path(tmp, "sweep"))], env)
         rows.append(BenchRow(
-            "memory: sweep --workers 2 peak RSS / 3 GB", "peak RSS (tree)", sw["peak_tree_rss_mb"], "limit", limit, "MiB",
+            "memory: sweep --workers 2 peak PSS / 3 GB", "peak PSS (tree)", sw["peak_tree_pss_mb"], "limit", limit, "MiB",
             Goal("<=", 1.0),
-            notes=f"{z.memory_sweep_runs} such runs, parent + forkserver + workers summed (polled every 0.1 s); "
-                  f"PSS sum {sw['peak_tree_pss_mb']:.0f} MiB",
+            notes=f"{z.memory_sweep_runs} such runs; parent + forkserver + workers summed, polled every 0.1 s; PSS counts "
+                  f"pages shared by forked workers (torch, preloaded by the forkserver) once; the plain RSS sum, which "
+                  f"counts them per process, peaked at {sw['peak_tree_rss_mb']:.0f} MiB",
             checks={"sweep ok": sw["returncode"] == 0},
             details={**{k: v for k, v in sw.items() if k != "output_tail"}, **({} if sw["returncode"] == 0 else {"output_tail": sw["output_tail"]})},
         ))
@@ -813,7 +821,8 @@ def bench_memory(s: Session) -> list[BenchRow]:
         "memory: cached targets in 2 workers, PSS copy / mmap", "np.load copy", share["copy"]["pss_mb"], "np.load mmap",
         share["mmap"]["pss_mb"], "MiB", Goal(">=", 1.8),
         notes=f"{Path(path).name} ({share['file_mb']:.0f} MiB) loaded in 2 processes at once; private (USS) "
-              f"copy {share['copy']['uss_mb']:.0f} vs mmap {share['mmap']['uss_mb']:.0f} MiB",
+              f"copy {share['copy']['uss_mb']:.0f} vs mmap {share['mmap']['uss_mb']:.0f} MiB (mmap PSS is also shared "
+              f"with this bench process, which maps the same file)",
         checks=checks, details={**share, "file": path},
     ))
     return rows
@@ -909,7 +918,7 @@ def run_benches(cfg: BenchConfig, only: str | Iterable[str] | None = None,
     """Run the selected benchmarks with `cfg.threads` torch threads; one failing benchmark is
     recorded as an error row and the others go on. User errors (missing data) raise KdbenchError."""
     names = select(only)
-    if cfg.threads < 1 or cfg.n_rounds < 1 or cfg.n_targets_rounds < 1:
+    if cfg.threads < 1 or cfg.n_rounds < 1 or cfg.n_long_rounds < 1:
         raise KdbenchError("--threads and --rounds must be >= 1")
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -938,7 +947,7 @@ def run_benches(cfg: BenchConfig, only: str | Iterable[str] | None = None,
     finally:
         torch.set_num_threads(previous)
     env["load_avg_end_1_5_15"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    config = {**dataclasses.asdict(cfg), "rounds": cfg.n_rounds, "targets_rounds": cfg.n_targets_rounds,
+    config = {**dataclasses.asdict(cfg), "rounds": cfg.n_rounds, "long_rounds": cfg.n_long_rounds,
               "sizes": dataclasses.asdict(cfg.sizes), "benches": names}
     return BenchReport(rows, env, config, dict(s.artifacts))
 
@@ -977,7 +986,7 @@ def markdown(report: BenchReport) -> str:
         f"{env.get('date')}, kdbench {env.get('kdbench_version')} @ {env.get('git_commit')}, torch {env.get('torch')}, "
         f"device {env.get('device')}, CPU {env.get('cpu')} ({env.get('cpu_count')} cores), "
         f"torch threads {report.config['threads']}, rounds {report.config['rounds']} "
-        f"(targets {report.config['targets_rounds']}), {'quick' if report.config['quick'] else 'full'} sizes.",
+        f"(targets, parallel: {report.config['long_rounds']}), {'quick' if report.config['quick'] else 'full'} sizes.",
         f"Load average (1/5/15 min) at start {env.get('load_avg_1_5_15')}, at end {env.get('load_avg_end_1_5_15')}; "
         "per-benchmark 1-min load at its start -> end in the notes. Ratio = A / B; goals are reported, not asserted; "
         "equality checks are asserted.", "",

@@ -48,7 +48,7 @@ class RunSpec:
     batch_size: int | None = None
     lr: float | None = None
     seed: int = 0
-    val_fraction: float | None = None  # None: the method's protocol default (TCN 0.2, others 0.1)
+    val_fraction: float | None = None  # None: 0.1 for every method (one split, one teacher per sweep); the TCN presets set the paper's 0.2
     split_seed: int = 0
     max_train: int | None = None  # deterministic subset of train (quick protocols)
     device: str = "auto"

@@ -187,15 +187,30 @@ class LocalExecutor(Executor):
 _STARTED: Any = None  # in a pool worker: queue on which each run announces its start
 
 
-def _init_worker(threads: int | None, started: Any = None, env: dict[str, str] | None = None) -> None:
+def gpu_for_worker(slot: int, n_gpus: int, visible: str | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for the pool's `slot`-th worker: workers take the visible GPUs in turn,
+    so `--workers 4` on a 4-GPU machine gives each run a GPU of its own (None: leave as is)."""
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(n_gpus)]
+    return ids[slot % len(ids)] if len(ids) > 1 else None
+
+
+def _init_worker(threads: int | None, started: Any = None, env: dict[str, str] | None = None,
+                 slots: Any = None, n_gpus: int = 0) -> None:
     """Pool worker set-up: the parent's KDBENCH_* settings as of now (a forkserver started earlier
-    holds old ones), die with the parent (Linux), use our share of the threads, stay quiet."""
+    holds old ones), a GPU of its own where there are several, die with the parent (Linux), use
+    our share of the threads, stay quiet."""
     global _STARTED
     _STARTED = started
     if env is not None:
         for k in [k for k in os.environ if k.startswith("KDBENCH_") and k not in env]:
             del os.environ[k]
         os.environ.update(env)
+    if slots is not None and n_gpus > 1:  # before this process touches CUDA (the forkserver never does)
+        with slots.get_lock():
+            slot, slots.value = slots.value, slots.value + 1
+        gpu = gpu_for_worker(slot, n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -227,6 +242,13 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+def _cuda_count() -> int:
+    """GPUs this process sees, without creating a CUDA context here (the workers create their own)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _pool_run(job: Job) -> tuple[dict[str, Any], float]:
     if _STARTED is not None:
         _STARTED.put(job.key)
@@ -239,10 +261,11 @@ def _pool_map(jobs: list[Job], workers: int, threads: int | None) -> Iterator[Fi
     their own, where a run that kills its worker again is recorded as failed."""
     ctx = _mp_context()
     todo, suspects = list(jobs), []
+    n_gpus = _cuda_count()
     while todo:
         started = ctx.SimpleQueue()
         pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
-                                   initargs=(threads, started, _kdbench_env()))
+                                   initargs=(threads, started, _kdbench_env(), ctx.Value("i", 0), n_gpus))
         lost: list[Job] = []
         try:
             pending: dict[Future, Job] = {pool.submit(_pool_run, job): job for job in todo}

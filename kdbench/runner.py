@@ -59,7 +59,9 @@ def resolve(spec: RunSpec) -> Resolved:
         raise KdbenchError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if spec.max_train is not None and spec.max_train < 1:
         raise KdbenchError(f"max_train must be >= 1, got {spec.max_train}")
-    full = spec.replace(teacher=teacher, teacher_recipe=recipe, params=params_dict(params), val_fraction=float(val_fraction))
+    mode = spec.mode if spec.mode is not None or None in cls.modes else cls.modes[0]  # a moded method's first mode is its default
+    full = spec.replace(teacher=teacher, teacher_recipe=recipe, params=params_dict(params), val_fraction=float(val_fraction),
+                        mode=mode)
     _check_models(full, entry, cls)
     cls.validate(full, params)
     default = cls.schedule(full, params)

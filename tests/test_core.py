@@ -204,3 +204,13 @@ def test_records_atomic_roundtrip_and_partial_files_ignored(tmp_path):
     assert df.loc[0, "latency.b1.fused"] == 1.0 and df.loc[0, "variant"] == "temperature=2.0"
     assert len(store.load_results(tmp_path, include_failed=True)) == 2
     assert math.isclose(json.loads((tmp_path / "k1.json").read_text())["metrics"]["test_acc"], 97.5)
+
+
+def test_resolve_fills_a_moded_methods_default_mode():
+    """`kdbench run --method tcn` without --mode is the first declared mode (ff), same key as asking for it."""
+    from kdbench.runner import resolve
+
+    implicit = resolve(RunSpec(method="tcn", dataset="mnist-5k", n_students=2))
+    explicit = resolve(RunSpec(method="tcn", dataset="mnist-5k", n_students=2, mode="ff"))
+    assert implicit.spec.mode == "ff" and implicit.key == explicit.key
+    assert resolve(RunSpec(method="kd", dataset="mnist-5k")).spec.mode is None

@@ -92,3 +92,11 @@ def test_ray_gives_the_same_records_as_the_local_pool(tmp_path):
     assert remote.ok and remote.ran == 4
     assert [comparable(r) for r in remote.records] == [comparable(r) for r in local.records]
     assert sorted(p.name for p in (tmp_path / "ray").glob("*.json")) == sorted(p.name for p in (tmp_path / "local").glob("*.json"))
+
+
+def test_pool_workers_take_the_visible_gpus_in_turn():
+    from kdbench.executors import gpu_for_worker
+
+    assert [gpu_for_worker(i, 4, None) for i in range(5)] == ["0", "1", "2", "3", "0"]
+    assert [gpu_for_worker(i, 2, "5,7") for i in range(3)] == ["5", "7", "5"]  # the user's selection is kept
+    assert gpu_for_worker(0, 1, None) is None and gpu_for_worker(3, 0, None) is None  # one or no GPU: untouched

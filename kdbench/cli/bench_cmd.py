@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--only", metavar="NAME[,NAME...]", help="run only these benchmarks")
     p.add_argument("--threads", type=int, default=1, help="torch threads, fixed for every arm (default 1)")
     p.add_argument("--rounds", type=int, help="A/B repetitions of each interleaved pair (default 2; quick 1)")
-    p.add_argument("--targets-rounds", type=int, help="repetitions of the minutes-long `targets` pair (default 1)")
+    p.add_argument("--long-rounds", type=int, help="repetitions of the minutes-long pairs, targets and parallel (default: --rounds if given, else 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ...)")
     p.add_argument("--out", help="write bench.json + bench.md (+ profiles) here (default: results/bench; "
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (None if args.quick else "results/bench")
     if out:
         out = make_out_dir(out_dir(out))
-    cfg = BenchConfig(quick=args.quick, threads=args.threads, rounds=args.rounds, targets_rounds=args.targets_rounds,
-                      device=args.device, data_root=args.data_root, out_dir=str(out) if out else None)
+    cfg = BenchConfig(quick=args.quick, threads=args.threads, rounds=args.rounds, long_rounds=args.long_rounds,
+                      device=args.device, data_root=args.data_root)
     report = run_benches(cfg, args.only, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print_table(table_rows(report))
     if out:
