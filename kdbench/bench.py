@@ -346,7 +346,7 @@ class Session:
         dkey = (s.dataset, s.val_fraction, s.split_seed, s.max_train)
         if dkey not in self._data:
             check_data(s.dataset, self.cfg.data_root)
-            self._data[dkey] = to_device(load_data(s, self.cfg.data_root), self.device)
+            self._data[dkey] = load_data(s, self.cfg.data_root).to(self.device)
         data = self._data[dkey]
         teacher = None
         if r.method.needs_teacher:
@@ -379,13 +379,6 @@ class Session:
         if in_loop:
             ctx = dataclasses.replace(ctx, targets=teacher_in_loop_targets(setup.teacher.model, ctx.data))
         return ctx
-
-
-def to_device(data: Splits, device: torch.device) -> Splits:
-    if device.type == "cpu":
-        return data
-    move = lambda s: Split(s.x.to(device), s.y.to(device))  # noqa: E731
-    return dataclasses.replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
 
 
 @dataclass
@@ -998,7 +991,7 @@ def markdown(report: BenchReport) -> str:
             head += [f"| {k} | {v['self_s']:.3g} | {v['pct_of_wall']:.1f} |" for k, v in r.details["categories"].items()]
             head += ["", "| top op | self s | % of wall | calls |", "|---|---|---|---|"]
             head += [f"| {o['op']} | {o['self_s']:.3g} | {o['pct_of_wall']:.1f} | {o['calls']} |" for o in r.details["top_ops"]]
-            head += [f"", f"Time outside aten ops (Python, loop, allocator): "
+            head += ["", f"Time outside aten ops (Python, loop, allocator): "
                           f"{r.details['wall_s'] - r.details['ops_s']:.3g} s of {r.details['wall_s']:.3g} s.", ""]
     return "\n".join(head) + "\n"
 

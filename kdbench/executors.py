@@ -383,7 +383,7 @@ def prepare(resolved: Sequence[Any], data_root: str | Path | None, progress: boo
     targets once (all cached on disk), so workers only read them. Returns {group: error} for the
     groups that failed: their runs will fail on their own and record the error."""
     from .engine import resolve_device
-    from .runner import _to_device, load_data, resolve_teacher
+    from .runner import load_data, resolve_teacher
     from .teachers import teacher_targets
 
     errors: dict[str, str] = {}
@@ -419,7 +419,7 @@ def prepare(resolved: Sequence[Any], data_root: str | Path | None, progress: boo
             if last is None or last[0] != data_id:
                 last = (data_id, load_data(s, data_root))
             device = resolve_device(r.canonical["device"])
-            data = _to_device(last[1], device)
+            data = last[1].to(device)
             if log:
                 log(f"preparing teacher {s.teacher} on {s.dataset} once, for every run that uses it")
             teacher = resolve_teacher(s, data, device, progress)

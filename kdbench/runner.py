@@ -17,7 +17,7 @@ from torch import nn
 
 from . import store
 from .config import CODE_VERSION, RunSpec, check_fields, run_key
-from .data.base import Split, Splits
+from .data.base import Splits
 from .engine import accuracy, predict, resolve_device, seed_everything
 from .errors import KdbenchError
 from .measure import environment, latency_ms, peak_cuda_mb, peak_rss_mb
@@ -136,13 +136,6 @@ def _checkpoint_problem(path: str, size: int, mtime_ns: int) -> str | None:
     return None
 
 
-def _to_device(data: Splits, device: torch.device) -> Splits:
-    if device.type == "cpu":
-        return data
-    move = lambda s: Split(s.x.to(device), s.y.to(device))  # noqa: E731
-    return dataclasses.replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
-
-
 def check_data(dataset: str, data_root: str | Path | None) -> None:
     """Missing data is bad input (one line saying how to get it), found before anything runs or is written."""
     from .data.catalogue import DATASETS, locate, missing_message, package_available
@@ -242,7 +235,7 @@ def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | 
     r = resolved or resolve(spec)
     device = resolve_device(r.spec.device)
     timings: dict[str, float] = {}
-    data = _to_device(load_data(r.spec, data_root), device)
+    data = load_data(r.spec, data_root).to(device)
     teacher = None
     deviations = list(data.info.get("deviations", []))
     if r.method.needs_teacher:

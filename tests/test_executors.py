@@ -13,7 +13,6 @@ from helpers_sweep import TEST_METHODS, comparable, quiet_env, records, test_met
 
 from kdbench import api, store
 from kdbench.cli import main
-from kdbench.method import METHODS, load_methods
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"dataset": "digits", "epochs": 1, "max_train": 300, "teacher": "plain2", "teacher_epochs": 1, "student": "plain2",

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from kdbench.config import RunSpec
 from kdbench.data.base import DataSpec, Split, Splits

@@ -9,7 +9,6 @@ from helpers_sweep import TEST_METHODS, comparable, quiet_env, records, test_met
 
 from kdbench import api, store
 from kdbench.cli import main
-from kdbench.method import METHODS, load_methods
 from kdbench.sweep import PRESET_DIR, SweepSpec, list_presets, plan
 
 # tiny and fast: 8x8 digits (shipped with scikit-learn), 300 training images, one epoch, plain2

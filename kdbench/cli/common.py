@@ -63,7 +63,7 @@ def make_out_dir(p: Path) -> Path:
 
 def spec_fields(args: argparse.Namespace) -> dict:
     """RunSpec fields given on the command line (unset options are left to the defaults)."""
-    from ..config import TeacherRecipe, parse_params
+    from ..config import parse_params
     from ..teachers import default_recipe
 
     fields = {}

@@ -1,6 +1,7 @@
 """In-memory dataset splits: the one shape every loader returns and every method consumes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,3 +51,10 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def to(self, device: Any) -> "Splits":
+        """All three splits on `device` (the same object on CPU: no copy)."""
+        if torch.device(device).type == "cpu":
+            return self
+        move = lambda s: Split(s.x.to(device), s.y.to(device))  # noqa: E731
+        return dataclasses.replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
