@@ -52,3 +52,26 @@ def test_method_runs_and_writes_valid_record(method, mode, shared_cache, tmp_pat
     assert on_disk["spec"]["method"] == method and on_disk["spec"]["mode"] == mode
     assert on_disk["spec"]["epochs"] == 2
     assert on_disk["history"], "a run must record its per-epoch history"
+
+
+def test_the_documented_example_method_registers_and_passes(shared_cache, tmp_path):
+    """docs/adding-a-method.md's example, executed as written: it registers and passes the same check."""
+    import re
+    from pathlib import Path
+
+    from kdbench.method import METHODS
+
+    doc = (Path(__file__).parents[1] / "docs" / "adding-a-method.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    import sys
+    import types
+
+    module = types.ModuleType("kdbench_doc_example")  # a real module: dataclasses resolve annotations through it
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(code, "adding-a-method.md", "exec"), module.__dict__)
+        assert "kd-mse" in load_methods()
+        test_method_runs_and_writes_valid_record("kd-mse", None, shared_cache, tmp_path)
+    finally:
+        METHODS._entries.pop("kd-mse", None)
+        sys.modules.pop(module.__name__, None)
