@@ -207,7 +207,10 @@ class KDGAN(Method):
         else:
             best_epoch = pre_best_epoch
         student.load_state_dict(best_state)
-        ctx.deviations.append(f"kdgan variant: {p.variant}" + (" (g = 0, no T steps, cached teacher logits)" if frozen else ""))
+        ctx.deviations.append(f"kdgan variant: {p.variant}" + (" (g = 0, no T steps, cached teacher logits)" if frozen else
+                              f" (T starts from the cached teacher, then {pre_epochs} CE pretraining epoch(s) like S and D)"))
+        ctx.deviations.append(f"kdgan: the {p.k_d} D updates of a batch reuse it with fresh Gumbel samples; players not "
+                              "being updated run in train mode (dropout / BN statistics), the paper does not say")
         metrics = {"kdgan_variant": p.variant, "best_epoch": best_epoch, "pretrain_epochs": pre_epochs,
                    "adversarial_epochs": adv_epochs, "gumbel_tau_final": players.tau, "k_d": p.k_d,
                    "k_t": 0 if frozen else p.k_t, "k_s": p.k_s}

@@ -2,23 +2,70 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from torch.nn import functional as F
 
 from kdbench.config import RunSpec
 from kdbench.engine import Step, snapshot
 from kdbench.method import Context, FitResult, Method, Schedule, register_method
 
+PAPER_EPOCHS = 160  # TAKD's recipe for its plain CNN and ResNet students
 
-def default_schedule(spec: RunSpec) -> Schedule:
-    """The shared student schedule, so `student`, `kd`, `takd`, ... compare like for like."""
+
+def paper_family(student: str) -> str | None:
+    """'plain' / 'resnet' when the student is one of the TAKD paper's CNN families (its recipe applies)."""
+    for family in ("plain", "resnet"):
+        if student.startswith(family) and student[len(family):].isdigit():
+            return family
+    return None
+
+
+def default_schedule(spec: RunSpec, code_faithful: bool = False) -> Schedule:
+    """The one student schedule that `student`, `kd`, `takd`, ... share, so they compare like for
+    like: TAKD's paper recipe (SGD m0.9, wd 1e-4, 160 epochs; lr 0.01 plain, 0.1 ResNet, or the
+    official code's 0.01) for its CNN families, else Adam 1e-3, batch 128 (20 epochs on (Fashion-)MNIST, 10 elsewhere)."""
+    family = paper_family(spec.student)
+    if family == "plain":
+        return Schedule(PAPER_EPOCHS, 128, 0.01, optimizer="sgd", weight_decay=1e-4)
+    if family == "resnet":
+        return Schedule(PAPER_EPOCHS, 128, 0.01 if code_faithful else 0.1, optimizer="sgd", weight_decay=1e-4)
     return Schedule(epochs=20 if spec.dataset in ("mnist", "fashion-mnist") else 10, batch_size=128, lr=1e-3)
 
 
-def fit_with_loss(ctx: Context, model, loss_fn, name: str) -> FitResult:
-    """Train one classifier with `loss_fn(batch) -> named losses` and val-accuracy selection."""
+def lr_factor(family: str | None, code_faithful: bool, epochs: int) -> Callable[[int], float]:
+    """Multiplier of the base lr after `e` finished epochs: ResNets 1 / 0.1 / 0.01 from 0 / 50 / 75% of
+    the epochs (paper), or base 0.01 dropped x0.1 at 75% (official code); otherwise fixed."""
+    if family != "resnet":
+        return lambda e: 1.0
+    milestones = [0.75] if code_faithful else [0.5, 0.75]
+    steps = [int(m * epochs) for m in milestones]
+    return lambda e: 0.1 ** sum(e >= s for s in steps)
+
+
+def schedule_note(family: str | None, code_faithful: bool = False) -> str:
+    """The deviation line naming the schedule a run used."""
+    if family == "plain":
+        return "schedule: TAKD paper recipe, SGD m0.9 wd1e-4, lr fixed"
+    if family == "resnet":
+        return "schedule: TAKD paper recipe, SGD m0.9 wd1e-4, " + (
+            "lr 0.01 then x0.1 at 75% (official code)" if code_faithful else "lr x1/x0.1/x0.01 at 0/50/75%")
+    return "schedule: shared student schedule (Adam)"
+
+
+def fit_with_loss(ctx: Context, model, loss_fn, name: str, code_faithful: bool = False, desc: str | None = None) -> FitResult:
+    """Train one classifier with `loss_fn(batch) -> named losses` and val-accuracy selection, under
+    the shared schedule (with its lr steps for the TAKD ResNet recipe)."""
     opt = ctx.optimizer(model.parameters())
-    res = ctx.train([Step(name, opt, loss_fn)], {"model": model}, evaluate=lambda: ctx.val_accuracy(model))
+    family = paper_family(ctx.spec.student)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, code_faithful, ctx.schedule.epochs))] \
+        if family == "resnet" else []
+    if family and (note := schedule_note(family, code_faithful)) not in ctx.deviations:
+        ctx.deviations.append(note)
+    kw = {"desc": desc} if desc else {}
+    res = ctx.train([Step(name, opt, loss_fn)], {"model": model}, evaluate=lambda: ctx.val_accuracy(model),
+                    schedulers=schedulers, **kw)
     last = snapshot(model)
     res.restore_best({"model": model})
     return FitResult(model, last, snapshot(model), res.history, metrics={"best_epoch": res.best_epoch})

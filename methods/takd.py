@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -23,18 +22,9 @@ from kdbench.errors import KdbenchError
 from kdbench.losses import kd_loss
 from kdbench.method import Context, FitResult, Method, Schedule, register_method
 
-from .student import default_schedule
+from .student import default_schedule, lr_factor, paper_family, schedule_note
 
 AUTO = "auto"
-PAPER_EPOCHS = 160
-
-
-def paper_family(student: str) -> str | None:
-    """'plain' / 'resnet' when the student is one of the paper's CNN families (paper recipe applies)."""
-    for family in ("plain", "resnet"):
-        if student.startswith(family) and student[len(family):].isdigit():
-            return family
-    return None
 
 
 def default_assistants(spec: RunSpec) -> list[str]:
@@ -46,16 +36,6 @@ def default_assistants(spec: RunSpec) -> list[str]:
     if spec.student == "auto":
         return [AUTO]
     raise KdbenchError(f"takd has no default assistant for student '{spec.student}'; pass --param assistants=NAME[,NAME]")
-
-
-def lr_factor(family: str | None, code_faithful: bool, epochs: int) -> Callable[[int], float]:
-    """Multiplier of the base lr after `e` finished epochs: ResNets 1 / 0.1 / 0.01 from 0 / 50 / 75% of
-    the epochs (paper), or base 0.01 dropped x0.1 at 75% (official code); plain CNNs fixed."""
-    if family != "resnet":
-        return lambda e: 1.0
-    milestones = [0.75] if code_faithful else [0.5, 0.75]
-    steps = [int(m * epochs) for m in milestones]
-    return lambda e: 0.1 ** sum(e >= s for s in steps)
 
 
 def per_stage(values: list[float] | None, default: float, n: int, name: str) -> list[float]:
@@ -82,12 +62,7 @@ class TAKD(Method):
 
     @classmethod
     def schedule(cls, spec: RunSpec, params) -> Schedule:
-        family = paper_family(spec.student)
-        if family == "plain":
-            return Schedule(PAPER_EPOCHS, 128, 0.01, optimizer="sgd", weight_decay=1e-4)
-        if family == "resnet":
-            return Schedule(PAPER_EPOCHS, 128, 0.01 if params.code_faithful else 0.1, optimizer="sgd", weight_decay=1e-4)
-        return default_schedule(spec)
+        return default_schedule(spec, params.code_faithful)
 
     @classmethod
     def validate(cls, spec: RunSpec, params) -> None:
@@ -111,9 +86,7 @@ class TAKD(Method):
         alphas = per_stage(p.alphas, 0.9, n, "alphas")
         reduction = "mean" if p.code_faithful else "batchmean"
         family = paper_family(ctx.spec.student)
-        recipe = {"plain": "paper recipe: SGD m0.9 wd1e-4, lr fixed", "resnet": "paper recipe: SGD m0.9 wd1e-4, "
-                  + ("lr 0.01 then x0.1 at 75% (official code)" if p.code_faithful else "lr x1/x0.1/x0.01 at 0/50/75%")}
-        ctx.deviations.append(f"takd schedule: {recipe.get(family, 'shared student schedule (no paper recipe for this student)')}")
+        ctx.deviations.append(f"takd {schedule_note(family, p.code_faithful)}")
         ctx.deviations.append("takd: stages select their val-best epoch (the official code reported best-over-epochs on test)")
 
         x_train, _ = ctx.split("train")

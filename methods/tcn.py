@@ -173,7 +173,6 @@ class TCN(Method):
     description = "Teacher-Class Network: n students each learn a chunk of the teacher's dense vector (ff or gan)"
     modes = ("ff", "gan")
     multi_student = True
-    val_fraction = OFFICIAL_VAL_FRACTION  # the official code's 80/20 split (for the runner's default)
 
     @dataclass
     class Params:

@@ -201,6 +201,18 @@ def test_takd_recipes_and_lr_schedule():
     assert default_assistants(RunSpec(method="takd", dataset="mnist")) == ["auto"]
 
 
+@pytest.mark.parametrize("student", ["plain2", "resnet8", "auto"])
+def test_takd_table1_baselines_share_the_takd_schedule(student):
+    """NOKD / BLKD / TAKD differ only by the method: same optimiser, lr, weight decay, epochs and lr steps."""
+    from kdbench.runner import resolve
+
+    sched = {m: resolve(RunSpec(method=m, dataset="cifar10-jpeg", student=student, teacher="plain10" if student == "plain2"
+                                 else "resnet110" if student == "resnet8" else "auto")).schedule
+             for m in ("student", "kd", "takd")}
+    assert sched["student"] == sched["kd"] == sched["takd"]
+    assert sched["student"].optimizer == ("adam" if student == "auto" else "sgd")
+
+
 @pytest.mark.parametrize("params,student", [
     ({"assistants": ["plain4"], "alphas": [0.9, 0.9, 0.9]}, "plain2"),
     ({"temperatures": [0.0]}, "auto"),

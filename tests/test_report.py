@@ -45,8 +45,10 @@ def _write(out: Path, method: str, mode: str | None, n: int, seed: int, metrics:
             "teacher_recipe": None, "split_seed": 0}
     key = f"{method}{'-' + mode if mode else ''}-n{n}-{dataset}-{student}-s{seed}"
     base = {"teacher_test_acc": 98.9, "teacher_params": 2380938, "teacher_flops": 26_460_000}
+    teacher = {"key": f"paper-mnist-teacher-{dataset}", "arch": "paper-mnist-teacher", "dataset": dataset, "source": "trained",
+               "recipe": {"optimizer": "adam", "lr": 0.001, "epochs": 6, "batch_size": 128, "weight_decay": 0.0}}
     write_record(out, {"run_key": key, "status": "ok", "spec": spec, "metrics": {**base, **metrics},
-                       "deviations": list(devs), "env": ENV})
+                       "deviations": list(devs), "env": ENV, "teacher": teacher})
 
 
 def make_records(out: Path) -> Path:
@@ -237,6 +239,19 @@ def test_report_files_and_contents(report_dir: Path):
 def _text_outputs(d: Path) -> dict[str, bytes]:
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
             if p.suffix in (".md", ".tex", ".csv")}
+
+
+def test_teachers_table_says_how_each_teacher_was_made(records: Path):
+    from kdbench.report.context import Context
+    from kdbench.report.data import ACCURACY, load
+    from kdbench.report.tables import teachers_table
+
+    results = load(records)
+    t = teachers_table(Context(results, ACCURACY.get("valbest"), "valbest", "kd", False, "ci"))
+    assert t.display.to_dict("records") == [{"Teacher": "paper-mnist-teacher", "Dataset": "mnist", "Made by": "trained",
+                                             "Recipe / weights": "adam lr 0.001, 6 epochs, batch 128", "Val acc (%)": "",
+                                             "Test acc (%)": "98.90", "Runs": str(t.data["runs"].iloc[0])}]
+    assert t.data["runs"].iloc[0] == len(results.frame)  # every ok run, counted once under its one teacher
 
 
 def test_regenerating_gives_identical_files(records: Path, report_dir: Path, tmp_path: Path):

@@ -40,7 +40,7 @@ def make_report(ctx: Context, out: Path, title: str, figures: bool = True) -> Re
         skipped=[t for t in built if isinstance(t, Skipped)],
         figures=plots.draw_all(ctx, out) if figures else [],
         overview=[tables.runs_table(ctx)],
-        appendix=[tables.environment_table(ctx), tables.deviations_table(ctx)],
+        appendix=[tables.teachers_table(ctx), tables.environment_table(ctx), tables.deviations_table(ctx)],
     )
     return report
 

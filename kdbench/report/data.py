@@ -64,6 +64,7 @@ class Results:
     n_failed: int
     source: str
     extras: dict[str, list[str]] = field(default_factory=dict)
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_key -> the record's `teacher` block
 
 
 def paper_dataset(name: str) -> tuple[str | None, str | None]:
@@ -130,6 +131,7 @@ def load(results_dir: str | Path) -> Results:
     return Results(frame=frame,
                    deviations={k: [str(d) for d in (r.get("deviations") or [])] for k, r in by_key.items()},
                    env={k: dict(r.get("env") or {}) for k, r in by_key.items()},
+                   teachers={k: dict(r["teacher"]) for k, r in by_key.items() if isinstance(r.get("teacher"), dict)},
                    n_failed=len(records) - len(ok), source=path.resolve().name or "results")
 
 

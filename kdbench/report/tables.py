@@ -5,7 +5,7 @@ records were missing. Cells hold mean ± spread (n=...) over seeds; the CSV hold
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -397,6 +397,42 @@ def _flat_env(env: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(v)
     return out
+
+
+def teachers_table(ctx: Context) -> Table:
+    """One row per distinct teacher: how it was made (recipe or import) and its accuracy, so a reader
+    sees whether it is the paper's teacher or kdbench's stand-in."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, tid, val, test in zip(ctx.df["run_key"], ctx.df["teacher_id"],
+                                   ctx.df.get("teacher_val_acc", pd.Series(dtype=float)).reindex(ctx.df.index),
+                                   ctx.df.get("teacher_test_acc", pd.Series(dtype=float)).reindex(ctx.df.index)):
+        info = ctx.results.teachers.get(key)
+        if not info:
+            continue
+        row = rows.setdefault(tid, {"teacher": str(info.get("arch", "")), "dataset": str(info.get("dataset", "")),
+                                    "source": str(info.get("source", "")), "how": _teacher_how(info),
+                                    "val_acc": val, "test_acc": test, "runs": 0})
+        row["runs"] += 1
+    data = pd.DataFrame(list(rows.values()), columns=["teacher", "dataset", "source", "how", "val_acc", "test_acc", "runs"])
+    fmt = lambda v: "" if pd.isna(v) else f"{float(v):.2f}"  # noqa: E731
+    display = pd.DataFrame({"Teacher": data["teacher"], "Dataset": data["dataset"], "Made by": data["source"],
+                            "Recipe / weights": data["how"], "Val acc (%)": data["val_acc"].map(fmt),
+                            "Test acc (%)": data["test_acc"].map(fmt), "Runs": data["runs"].astype(str)})
+    if data.empty:
+        display = pd.DataFrame({"Teacher": ["(none)"], "Dataset": [""], "Made by": [""], "Recipe / weights": [""],
+                                "Val acc (%)": [""], "Test acc (%)": [""], "Runs": ["0"]})
+    return Table("teachers", "Teachers", display, data,
+                 ["From the records' `teacher` block. A trained teacher uses kdbench's recipe (shown), not a "
+                  "paper's unless the recipe says so; its test accuracy is reported only, never used for selection."])
+
+
+def _teacher_how(info: dict[str, Any]) -> str:
+    r = info.get("recipe")
+    if isinstance(r, dict):
+        wd = f", wd {r['weight_decay']:g}" if r.get("weight_decay") else ""
+        return f"{r.get('optimizer')} lr {r.get('lr'):g}{wd}, {r.get('epochs')} epochs, batch {r.get('batch_size')}"
+    sha = str(info.get("weights_sha256", ""))[:12]
+    return f"imported weights {sha}" if sha else str(info.get("source", ""))
 
 
 def deviations_table(ctx: Context) -> Table:
