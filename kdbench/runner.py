@@ -86,7 +86,7 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
     """Unknown or mismatched student / teacher architectures, a teacher checkpoint that is not there
     and an auto student without a budget entry fail now, before anything trains or is written."""
     from .models import MODELS
-    from .models.budget import BUDGET_TABLES, MODALITY_TABLE
+    from .models.budget import MODALITY_TABLE, budget_table
 
     def arch(what: str, name: str) -> None:
         if name.startswith("timm/"):
@@ -100,7 +100,7 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
             raise KdbenchError(f"{what} '{name}' needs {modality} input, but dataset '{entry.name}' is {entry.modality}")
 
     if spec.student == "auto":
-        table = BUDGET_TABLES.get(spec.budget).get(MODALITY_TABLE.get(entry.modality, ""), {})
+        table = budget_table(spec.budget).get(MODALITY_TABLE.get(entry.modality, ""), {})
         if method.multi_student and table and spec.n_students not in table:
             raise KdbenchError(f"no {spec.budget} budget student for n={spec.n_students} "
                                f"(budgets exist for n = {', '.join(map(str, sorted(table)))}); pass --student ARCH")

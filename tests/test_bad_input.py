@@ -125,6 +125,7 @@ CASES = [
     ("sweep-param-other-method", f"sweep --method kd {OK} --param tcn.lam=2", r"parameter 'tcn.lam' is for method 'tcn'"),
     ("mode-for-kd", f"run --method kd {OK} --mode gan", r"does not take --mode gan"),
     ("sweep-mode-unknown", f"sweep --method tcn {OK} --mode ffn", r"method 'tcn' has no mode 'ffn'"),
+    ("budget-repo-unavailable", f"run --method tcn --students 2 {OK} --budget repo", r"budget family 'repo' .* is not available"),
     # contradictory options
     ("student-and-budget", f"run --method kd {OK} --student plain2 --budget repo", r"--student plain2 and --budget repo contradict"),
     ("sweep-student-and-budget", f"sweep --method kd {OK} --student plain2 --budget paper", r"contradict"),
