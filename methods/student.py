@@ -54,18 +54,17 @@ def schedule_note(family: str | None, code_faithful: bool = False) -> str:
     return "schedule: shared student schedule (Adam)"
 
 
-def fit_with_loss(ctx: Context, model, loss_fn, name: str, code_faithful: bool = False, desc: str | None = None) -> FitResult:
+def fit_with_loss(ctx: Context, model, loss_fn, name: str) -> FitResult:
     """Train one classifier with `loss_fn(batch) -> named losses` and val-accuracy selection, under
     the shared schedule (with its lr steps for the TAKD ResNet recipe)."""
     opt = ctx.optimizer(model.parameters())
     family = paper_family(ctx.spec.student)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, code_faithful, ctx.schedule.epochs))] \
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, False, ctx.schedule.epochs))] \
         if family == "resnet" else []
-    if family and (note := schedule_note(family, code_faithful)) not in ctx.deviations:
-        ctx.deviations.append(note)
-    kw = {"desc": desc} if desc else {}
+    if family:
+        ctx.deviations.append(schedule_note(family))
     res = ctx.train([Step(name, opt, loss_fn)], {"model": model}, evaluate=lambda: ctx.val_accuracy(model),
-                    schedulers=schedulers, **kw)
+                    schedulers=schedulers)
     last = snapshot(model)
     res.restore_best({"model": model})
     return FitResult(model, last, snapshot(model), res.history, metrics={"best_epoch": res.best_epoch})
