@@ -514,7 +514,8 @@ def plan_table(planned: Sequence[PlannedRun]) -> pd.DataFrame:
 # Summary of a finished sweep
 # ---------------------------------------------------------------------------------------------
 def summary_table(records: Sequence[Mapping[str, Any]], metric: str = "test_acc_valbest") -> pd.DataFrame:
-    """One row per (method, mode, n, and whatever else varies): n_seeds, mean ± std of `metric`, mean train time."""
+    """One row per (method, mode, n, and whatever else varies): n_seeds, mean ± std of `metric` (the
+    column says so; reports give 95% CIs), mean train time."""
     if not records:
         return pd.DataFrame()
     rows = []
@@ -545,7 +546,7 @@ def summary_table(records: Sequence[Mapping[str, Any]], metric: str = "test_acc_
             row[metric] = f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
         row["train_time_s"] = round(float(times.mean()), 2) if len(times) else float("nan")
         out.append(row)
-    table = pd.DataFrame(out)
+    table = pd.DataFrame(out).rename(columns={metric: f"{metric} (mean ± std)"})
     if "failed" in table.columns:
         table["failed"] = table["failed"].fillna(0).astype(int)
     return table

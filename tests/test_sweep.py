@@ -59,7 +59,7 @@ def test_same_spec_same_key_any_change_new_key():
     base = {"method": "kd", "seeds": 1, **FAST}
     k0 = keys(**base)
     assert k0 == keys(**base) and len(k0) == 1
-    changes = [("dataset", "mnist-5k"), ("seeds", [1]), ("epochs", 2), ("batch_size", 32), ("lr", 0.01),
+    changes = [("dataset", "mnist-5k"), ("seeds", [1]), ("epochs", 2), ("batch_size", 32), ("lr", 0.05),
                ("params", {"temperature": 2.0}), ("params", {"alpha": 0.5}), ("teacher", "plain4"),
                ("teacher_epochs", 2), ("student", "plain4"), ("max_train", 299), ("val_fraction", 0.2),
                ("split_seed", 1)]
