@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .config import RunSpec, TeacherRecipe
 from .data.base import Split, Splits
-from .engine import resolve_device, seed_everything
+from .engine import keep_freed_memory, resolve_device, seed_everything
 from .errors import KdbenchError
 from .method import Context, FitResult, Targets
 from .registry import Registry
@@ -915,6 +915,7 @@ def run_benches(cfg: BenchConfig, only: str | Iterable[str] | None = None,
         raise KdbenchError("--threads and --rounds must be >= 1")
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    keep_freed_memory()  # as every run does
     s = Session(cfg)
     env = environment(s)
     rows: list[BenchRow] = []

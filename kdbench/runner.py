@@ -18,7 +18,7 @@ from torch import nn
 from . import store
 from .config import CODE_VERSION, RunSpec, check_fields, run_key
 from .data.base import Splits
-from .engine import accuracy, predict, resolve_device, seed_everything
+from .engine import accuracy, keep_freed_memory, predict, resolve_device, seed_everything
 from .errors import KdbenchError
 from .measure import environment, latency_ms, peak_cuda_mb, peak_rss_mb
 from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
@@ -233,6 +233,7 @@ def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | 
         resolved: Resolved | None = None) -> dict[str, Any]:
     """Execute one run and return its record (status ok). Raises on failure; `execute` records failures."""
     r = resolved or resolve(spec)
+    keep_freed_memory()
     device = resolve_device(r.spec.device)
     timings: dict[str, float] = {}
     data = load_data(r.spec, data_root).to(device)

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from .cache import CacheEntry, key_hash, load_array, save_array
 from .config import CODE_VERSION, TeacherRecipe
 from .data.base import Splits
-from .engine import Step, accuracy, make_optimizer, predict, seed_everything, train
+from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, seed_everything, train
 from .errors import KdbenchError
 from .method import Targets
 
@@ -78,6 +78,7 @@ def teacher_cache_key(arch: str, data: Splits, recipe: TeacherRecipe) -> str:
 
 def train_teacher_model(model: nn.Module, data: Splits, recipe: TeacherRecipe, device: torch.device, progress: bool | None = None) -> dict[str, Any]:
     """Train with cross-entropy under `recipe`, keep the val-best epoch; returns metrics."""
+    keep_freed_memory()
     opt = make_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.weight_decay)
 
     def ce(batch):

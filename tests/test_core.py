@@ -214,3 +214,18 @@ def test_resolve_fills_a_moded_methods_default_mode():
     explicit = resolve(RunSpec(method="tcn", dataset="mnist-5k", n_students=2, mode="ff"))
     assert implicit.spec.mode == "ff" and implicit.key == explicit.key
     assert resolve(RunSpec(method="kd", dataset="mnist-5k")).spec.mode is None
+
+
+def test_keep_freed_memory_changes_no_result():
+    """The allocator setting only changes where memory comes from: same predictions, bit for bit."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from kdbench.engine import keep_freed_memory, predict; torch.manual_seed(0); "
+            "m = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8*26*26, 10)); "
+            "x = torch.randn(600, 1, 28, 28); on = sys.argv[1] == 'on' and keep_freed_memory(); "
+            "print(on, predict(m, x, 256).double().sum().item())")
+    out = {arg: subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, check=True).stdout.split()
+           for arg in ("off", "on")}
+    assert out["off"][1] == out["on"][1]
+    assert out["on"][0] == str(sys.platform.startswith("linux"))  # active on glibc Linux
