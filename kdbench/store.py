@@ -133,7 +133,18 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
         else:
             row[name] = value
     row["deviations"] = "; ".join(rec.get("deviations") or [])
+    row["wall_s"] = _wall_s(rec)
     return row
+
+
+def _wall_s(rec: dict[str, Any]) -> float | None:
+    """A run's wall time from its record's start and finish stamps (1 s resolution), or None."""
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(rec["finished_at"]) - datetime.fromisoformat(rec["started_at"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _flatten(d: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:

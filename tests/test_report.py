@@ -48,7 +48,8 @@ def _write(out: Path, method: str, mode: str | None, n: int, seed: int, metrics:
     teacher = {"key": f"paper-mnist-teacher-{dataset}", "arch": "paper-mnist-teacher", "dataset": dataset, "source": "trained",
                "recipe": {"optimizer": "adam", "lr": 0.001, "epochs": 6, "batch_size": 128, "weight_decay": 0.0}}
     write_record(out, {"run_key": key, "status": "ok", "spec": spec, "metrics": {**base, **metrics},
-                       "deviations": list(devs), "env": ENV, "teacher": teacher})
+                       "deviations": list(devs), "env": ENV, "teacher": teacher,
+                       "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:40+00:00"})
 
 
 def make_records(out: Path) -> Path:
@@ -252,6 +253,22 @@ def test_teachers_table_says_how_each_teacher_was_made(records: Path):
                                              "Recipe / weights": "adam lr 0.001, 6 epochs, batch 128", "Val acc (%)": "",
                                              "Test acc (%)": "98.90", "Runs": str(t.data["runs"].iloc[0])}]
     assert t.data["runs"].iloc[0] == len(results.frame)  # every ok run, counted once under its one teacher
+
+
+def test_sweep_cost_splits_each_runs_wall_time(records: Path):
+    from kdbench.report.context import Context
+    from kdbench.report.data import ACCURACY, load
+    from kdbench.report.tables import sweep_cost
+
+    results = load(records)
+    t = sweep_cost(Context(results, ACCURACY.get("valbest"), "valbest", "kd", False, "ci"))
+    total = t.display[t.display["Configuration"] == "all runs"].iloc[0]
+    n = len(results.frame[results.frame["dataset"] == total["Dataset"]])
+    assert total["Runs"] == str(n) and total["Wall (s)"] == f"{100 * n:,}"  # 100 s per record
+    fit = pd.to_numeric(results.frame["train_time_s"], errors="coerce").fillna(0)
+    rest = (100 - fit).clip(lower=0)
+    mnist = results.frame["dataset"] == total["Dataset"]
+    assert total["Measurement and rest (s)"] == f"{rest[mnist].sum():,.0f}"
 
 
 def test_regenerating_gives_identical_files(records: Path, report_dir: Path, tmp_path: Path):

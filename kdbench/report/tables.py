@@ -321,6 +321,48 @@ def tcn_table8(ctx: Context) -> Table | Skipped:
     return Table("tcn_table8_training_time", "TCN Table 8: training time", display, _data(summ, extras), notes)
 
 
+@table(75, "sweep_cost", "Where the sweep's time went")
+def sweep_cost(ctx: Context) -> Table | Skipped:
+    """Each run's wall time split into fitting, teacher targets, teacher loading and the rest
+    (measurement, evaluation, record writing), summed per configuration; the teachers' one-off
+    training time is counted once per distinct teacher."""
+    df = ctx.df[numeric(ctx.df, "wall_s").notna()]
+    if df.empty:
+        return Skipped("sweep_cost", "Where the sweep's time went", "no run records with start and finish times")
+    keys, extras = _keys(df)
+    parts = {"train_time_s": "Fit (s)", "targets_time_s": "Targets (s)", "teacher_load_s": "Teacher load (s)"}
+    df = df.assign(**{c: numeric(df, c).fillna(0.0) for c in parts}, wall=numeric(df, "wall_s"))
+    df = df.assign(rest=(df["wall"] - sum(df[c] for c in parts)).clip(lower=0.0))
+    rows = []
+    for key, g in df.groupby(keys, sort=False):
+        rows.append({**dict(zip(keys, key)), "runs": len(g), "wall": g["wall"].sum(), **{c: g[c].sum() for c in parts},
+                     "rest": g["rest"].sum()})
+    summ = sort_cells(pd.DataFrame(rows), extras)
+    teachers = df.drop_duplicates("teacher_id")
+    teacher_train = {d: float(numeric(g, "teacher_time_s").fillna(0.0).sum()) for d, g in teachers.groupby("dataset")}
+    fmt = lambda v: f"{v:,.1f}" if v < 10 else f"{v:,.0f}"  # noqa: E731
+    display = pd.DataFrame({"Dataset": summ["dataset"], "Configuration": [label(r, extras) for _, r in summ.iterrows()],
+                            "Runs": summ["runs"].astype(str), "Wall (s)": summ["wall"].map(fmt),
+                            **{h: summ[c].map(fmt) for c, h in parts.items()},
+                            "Measurement and rest (s)": summ["rest"].map(fmt)})
+    totals = []
+    for d in _datasets(summ):
+        t = summ[summ["dataset"] == d]
+        totals.append({"Dataset": d, "Configuration": "all runs", "Runs": str(int(t["runs"].sum())),
+                       "Wall (s)": fmt(t["wall"].sum()), **{h: fmt(t[c].sum()) for c, h in parts.items()},
+                       "Measurement and rest (s)": fmt(t["rest"].sum())})
+    display = pd.concat([display, pd.DataFrame(totals)], ignore_index=True)
+    once = ", ".join(f"{d} {v:,.0f} s" for d, v in sorted(teacher_train.items()) if v > 0) or "none recorded"
+    notes = ["Sums over the runs behind each row. Wall: the record's finish minus start time (1 s resolution); "
+             "Fit: `method.fit`; Targets: reading (or computing) the cached teacher targets; Teacher load: "
+             "finding and loading the cached teacher; Measurement and rest: evaluation, FLOPs, latency, memory "
+             "and writing the record.",
+             f"Teacher training, once per distinct teacher and not in the rows: {once}.",
+             "Wall times include any time the runs spent waiting for a CPU on a shared machine; see the load "
+             "in the environment appendix.", *ctx.protocol_notes(df)]
+    return Table("sweep_cost", "Where the sweep's time went", display, _data(summ, extras), notes)
+
+
 # ---------------------------------------------------------------------------------- TAKD
 
 @table(80, "takd_table1", "TAKD Table 1: no KD / KD / TAKD")
