@@ -369,3 +369,13 @@ def test_pareto_front():
     y = np.array([90.0, 89.0, 80.0, 95.0, 92.0])
     assert list(pareto_front(x, y)) == [2, 0, 4, 3]
     assert math.isclose(y[pareto_front(x, y)].max(), 95.0)
+
+
+def test_gan_cells_say_which_variant_ran():
+    from kdbench.report.context import gan_variant_notes
+
+    df = pd.DataFrame({"method": ["tcn", "tcn", "tcn", "kd"], "mode": ["gan", "gan", "ff", ""],
+                       "gan_variant": ["code-faithful", "paper-intent", "code-faithful", None]})
+    notes = gan_variant_notes(df)
+    assert len(notes) == 2 and "code-faithful" in notes[0] and notes[0].endswith("1/2 runs.") and "paper-intent" in notes[1]
+    assert gan_variant_notes(df[df["mode"] != "gan"]) == []
