@@ -233,9 +233,10 @@ def keep_freed_memory() -> bool:
     large batch (evaluation at batch 1024, the teacher's activations) pays its page faults again:
     profiled, a small TCN run spent as much time in the kernel as in user code, and `predict` at
     batch 1024 ran 2x slower than with this setting. Results are unchanged (only where memory comes
-    from changes). Idempotent; a no-op off glibc. Returns whether the setting is active."""
+    from changes). Idempotent; a no-op off glibc or with KDBENCH_KEEP_FREED_MEMORY=0 (for before /
+    after measurements). Returns whether the setting is active."""
     global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux") or os.environ.get("KDBENCH_KEEP_FREED_MEMORY") == "0":
         return _ALLOCATOR_TUNED
     try:
         import ctypes

@@ -229,3 +229,8 @@ def test_keep_freed_memory_changes_no_result():
            for arg in ("off", "on")}
     assert out["off"][1] == out["on"][1]
     assert out["on"][0] == str(sys.platform.startswith("linux"))  # active on glibc Linux
+    import os
+
+    env = {**os.environ, "KDBENCH_KEEP_FREED_MEMORY": "0"}
+    assert subprocess.run([sys.executable, "-c", code, "on"], capture_output=True, text=True, check=True,
+                          env=env).stdout.split()[0] == "False"  # the switch for before / after measurements
