@@ -354,7 +354,7 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
     display = pd.concat([display, pd.DataFrame(totals)], ignore_index=True)
     once = ", ".join(f"{d} {v:,.0f} s" for d, v in sorted(teacher_train.items()) if v > 0) or "none recorded"
     notes = ["Sums over the runs behind each row. Wall: the record's finish minus start time (1 s resolution); "
-             "Fit: `method.fit`; Targets: reading (or computing) the cached teacher targets; Teacher load: "
+             "Fit: `method.fit`; Targets: computing the teacher targets (0 when they come from the cache, which is read memory-mapped inside Fit); Teacher load: "
              "finding and loading the cached teacher; Measurement and rest: evaluation, FLOPs, latency, memory "
              "and writing the record.",
              f"Teacher training, once per distinct teacher and not in the rows: {once}.",
