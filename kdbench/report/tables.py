@@ -333,25 +333,17 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
     parts = {"train_time_s": "Fit (s)", "targets_time_s": "Targets (s)", "teacher_load_s": "Teacher load (s)"}
     df = df.assign(**{c: numeric(df, c).fillna(0.0) for c in parts}, wall=numeric(df, "wall_s"))
     df = df.assign(rest=(df["wall"] - sum(df[c] for c in parts)).clip(lower=0.0))
-    rows = []
-    for key, g in df.groupby(keys, sort=False):
-        rows.append({**dict(zip(keys, key)), "runs": len(g), "wall": g["wall"].sum(), **{c: g[c].sum() for c in parts},
-                     "rest": g["rest"].sum()})
-    summ = sort_cells(pd.DataFrame(rows), extras)
+    sums = ["wall", *parts, "rest"]
+    summ = sort_cells(df.assign(runs=1).groupby(keys, sort=False)[["runs", *sums]].sum().reset_index(), extras)
     teachers = df.drop_duplicates("teacher_id")
     teacher_train = {d: float(numeric(g, "teacher_time_s").fillna(0.0).sum()) for d, g in teachers.groupby("dataset")}
     fmt = lambda v: f"{v:,.1f}" if v < 10 else f"{v:,.0f}"  # noqa: E731
-    display = pd.DataFrame({"Dataset": summ["dataset"], "Configuration": [label(r, extras) for _, r in summ.iterrows()],
-                            "Runs": summ["runs"].astype(str), "Wall (s)": summ["wall"].map(fmt),
-                            **{h: summ[c].map(fmt) for c, h in parts.items()},
-                            "Measurement and rest (s)": summ["rest"].map(fmt)})
-    totals = []
-    for d in _datasets(summ):
-        t = summ[summ["dataset"] == d]
-        totals.append({"Dataset": d, "Configuration": "all runs", "Runs": str(int(t["runs"].sum())),
-                       "Wall (s)": fmt(t["wall"].sum()), **{h: fmt(t[c].sum()) for c, h in parts.items()},
-                       "Measurement and rest (s)": fmt(t["rest"].sum())})
-    display = pd.concat([display, pd.DataFrame(totals)], ignore_index=True)
+    totals = summ.groupby("dataset", sort=False)[["runs", *sums]].sum().reset_index().assign(label="all runs")
+    totals = totals.iloc[sorted(range(len(totals)), key=lambda i: dataset_rank(totals["dataset"].iloc[i]))]
+    both = pd.concat([summ.assign(label=[label(r, extras) for _, r in summ.iterrows()]), totals], ignore_index=True)
+    heads = {"wall": "Wall (s)", **parts, "rest": "Measurement and rest (s)"}
+    display = pd.DataFrame({"Dataset": both["dataset"], "Configuration": both["label"], "Runs": both["runs"].astype(int).astype(str),
+                            **{h: both[c].map(fmt) for c, h in heads.items()}})
     once = ", ".join(f"{d} {v:,.0f} s" for d, v in sorted(teacher_train.items()) if v > 0) or "none recorded"
     notes = ["Sums over the runs behind each row. Wall: the record's finish minus start time (1 s resolution); "
              "Fit: `method.fit`; Targets: computing the teacher targets (0 when they come from the cache, which is read memory-mapped inside Fit); Teacher load: "
@@ -445,9 +437,8 @@ def teachers_table(ctx: Context) -> Table:
     """One row per distinct teacher: how it was made (recipe or import) and its accuracy, so a reader
     sees whether it is the paper's teacher or kdbench's stand-in."""
     rows: dict[str, dict[str, Any]] = {}
-    for key, tid, val, test in zip(ctx.df["run_key"], ctx.df["teacher_id"],
-                                   ctx.df.get("teacher_val_acc", pd.Series(dtype=float)).reindex(ctx.df.index),
-                                   ctx.df.get("teacher_test_acc", pd.Series(dtype=float)).reindex(ctx.df.index)):
+    for key, tid, val, test in zip(ctx.df["run_key"], ctx.df["teacher_id"], numeric(ctx.df, "teacher_val_acc"),
+                                   numeric(ctx.df, "teacher_test_acc")):
         info = ctx.results.teachers.get(key)
         if not info:
             continue
