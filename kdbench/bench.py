@@ -5,7 +5,8 @@ and recorded and the load average written next to each number (the machine may b
 Benchmarks (`BENCHES`, `kdbench bench --only NAME`):
 
 - `targets`    teacher in the loop vs cached teacher targets (TCN ff, n = 4, one epoch)
-- `fused`      n = 8 identical TCN students (ff and gan) one after another vs fused
+- `fused`      n = 8 identical TCN students (ff and gan; and n = 4 ff) one after another vs fused
+- `layout`     contiguous vs channels-last conv weights (kdbench's CPU default): teacher forward, TCN epoch
 - `parallel`   a sweep of independent runs with `--workers 1` vs `--workers 2`
 - `efficiency` achieved GFLOP/s of the student training loop vs this machine's matmul peak
 - `inference`  the teacher vs TCN's 8 fused students (+ head) at batch 1 and 256
@@ -479,10 +480,13 @@ def bench_targets(s: Session) -> list[BenchRow]:
 
 @BENCHES.register("fused")
 def bench_fused(s: Session) -> list[BenchRow]:
-    """n = 8 identical TCN students, ff and gan: one after another vs fused (one vmapped computation)."""
+    """Identical TCN students one after another vs fused (one grouped computation): n = 8, ff and gan
+    (the goal), and n = 4 ff, where `fused=auto` trains them one after another on CPU (no goal)."""
+    from .methods.tcn import fuse_students
+
     rows = []
-    for mode in ("ff", "gan"):
-        setups = {kind: s.setup("tcn", n_students=8, mode=mode, epochs=1, params={"fused": kind == "fused", "finetune": False})
+    for mode, n in (("ff", 8), ("gan", 8), ("ff", 4)):
+        setups = {kind: s.setup("tcn", n_students=n, mode=mode, epochs=1, params={"fused": kind == "fused", "finetune": False})
                   for kind in ("sequential", "fused")}
         fits: dict[str, list[Timed]] = {k: [] for k in setups}
 
@@ -503,10 +507,13 @@ def bench_fused(s: Session) -> list[BenchRow]:
         repeat_same = all(max_abs_diff(t.fit.last_state, fits[k][0].fit.last_state) == 0.0 for k in fits for t in fits[k])
         checks["repeated fits bit-identical"] = repeat_same
         n_train = min(s.sizes.fused_train, len(setups["fused"].data.train))
+        students = seq.parts["students"]
+        auto = "fused" if fuse_students(students, "auto", setups["fused"].data.spec, s.device) else "one after another"
         rows.append(BenchRow(
-            f"fused: {mode} n=8 sequential / fused", "sequential", median(times["sequential"]), "fused",
-            median(times["fused"]), "s", Goal(">=", 1.4),
-            notes=f"1 epoch on {n_train} samples; CPU-time ratio of the training stage {cpu['sequential'] / cpu['fused']:.2f}; "
+            f"fused: {mode} n={n} sequential / fused", "sequential", median(times["sequential"]), "fused",
+            median(times["fused"]), "s", Goal(">=", 1.4) if n == 8 else Goal(),
+            notes=f"1 epoch on {n_train} samples; fusion {'/'.join(fus.metrics['fusion'])}; fused=auto trains these {auto}; "
+                  f"CPU-time ratio of the training stage {cpu['sequential'] / cpu['fused']:.2f}; "
                   f"max |state diff| {state_diff:.2g}, max rel feature-MSE diff {mse_diff:.2g}",
             checks=checks,
             details={"sequential_s": times["sequential"], "fused_s": times["fused"], "max_state_diff": state_diff,
@@ -654,6 +661,57 @@ def bench_inference(s: Session) -> list[BenchRow]:
             checks={"fused output equals sequential": same},
             details={k + "_ms": v for k, v in res.items()},
         ))
+    return rows
+
+
+@BENCHES.register("layout")
+def bench_layout(s: Session) -> list[BenchRow]:
+    """Conv weights in the default (contiguous) vs channels-last memory format, which kdbench uses on
+    CPU (`models.place`; KDBENCH_CHANNELS_LAST=0 turns it off): the teacher's forward over a batch
+    of 1000 (how targets are computed) and one TCN ff n = 4 epoch (students built by the runner)."""
+    import copy
+
+    rows: list[BenchRow] = []
+    setup = s.setup("tcn", n_students=4, mode="ff", epochs=1, params={"finetune": False})
+    teacher = setup.teacher.model
+    x = setup.data.train.x[:1000]
+    arms = {"contiguous": copy.deepcopy(teacher).to(memory_format=torch.contiguous_format),
+            "channels_last": copy.deepcopy(teacher).to(memory_format=torch.channels_last)}
+    with torch.inference_mode():
+        same = torch.allclose(arms["contiguous"](x), arms["channels_last"](x), rtol=1e-4, atol=1e-4)
+    reps = max(2, s.sizes.latency_repeats // 4)
+    res = interleave({k: (lambda m=m: forward_ms(m, x, s.device, reps)) for k, m in arms.items()}, s.cfg.n_rounds)
+    rows.append(BenchRow(
+        "layout: teacher forward contiguous / channels_last", "contiguous", median(res["contiguous"]), "channels_last",
+        median(res["channels_last"]), "ms", Goal(),
+        notes=f"{setup.resolved.spec.teacher} teacher, batch {len(x)}, median of {reps} forwards x {s.cfg.n_rounds} rounds",
+        checks={"outputs equal (1e-4)": same}, details={k + "_ms": v for k, v in res.items()},
+    ))
+    fits: dict[str, list[Timed]] = {"contiguous": [], "channels_last": []}
+
+    def arm(kind: str) -> float:
+        old = os.environ.get("KDBENCH_CHANNELS_LAST")
+        os.environ["KDBENCH_CHANNELS_LAST"] = "1" if kind == "channels_last" else "0"
+        try:
+            fits[kind].append(fit_once(setup, s.context(setup, s.sizes.fused_train)))
+        finally:
+            if old is None:
+                os.environ.pop("KDBENCH_CHANNELS_LAST")
+            else:
+                os.environ["KDBENCH_CHANNELS_LAST"] = old
+        return loop_seconds(fits[kind][-1].fit)
+
+    times = interleave({k: (lambda k=k: arm(k)) for k in fits}, s.cfg.n_rounds)
+    a, b = fits["contiguous"][0].fit, fits["channels_last"][0].fit
+    mse_diff = max_rel_diff(a.metrics["feature_mse_per_student"], b.metrics["feature_mse_per_student"])
+    rows.append(BenchRow(
+        "layout: TCN ff n=4 epoch contiguous / channels_last", "contiguous", median(times["contiguous"]), "channels_last",
+        median(times["channels_last"]), "s", Goal(),
+        notes=f"1 epoch on {min(s.sizes.fused_train, len(setup.data.train))} samples, students {'/'.join(b.metrics['fusion'])}; "
+              f"max rel feature-MSE diff {mse_diff:.2g} (summation order only)",
+        checks={"per-student feature MSE agree (rel 1e-3)": mse_diff <= 1e-3},
+        details={k + "_s": v for k, v in times.items()},
+    ))
     return rows
 
 
@@ -903,7 +961,7 @@ def select(only: str | Iterable[str] | None) -> list[str]:
     return [n for n in ORDER if n in names]
 
 
-ORDER = ["targets", "fused", "parallel", "efficiency", "inference", "memory", "profile"]
+ORDER = ["targets", "fused", "layout", "parallel", "efficiency", "inference", "memory", "profile"]
 
 
 def run_benches(cfg: BenchConfig, only: str | Iterable[str] | None = None,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .models.placement import memory_format_name
 
 
 def time_forward(fn: Callable[[], Any], device: torch.device, repeats: int = 20, warmup: int = 3) -> float:
@@ -99,6 +100,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "memory_format": memory_format_name(device) if device is not None else None,
         "platform": platform.platform(),
     }
     return env

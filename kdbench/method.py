@@ -173,8 +173,8 @@ def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
             try:
                 return _coerce(method, key, value, a)
             except KdbenchError as e:
-                errors.append(e)
-        raise errors[0]
+                errors.append(str(e).partition(" must be ")[2].rpartition(", got ")[0])
+        raise KdbenchError(f"parameter '{key}' of '{method}' must be {' or '.join(errors)}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:
             raise KdbenchError(f"parameter '{key}' of '{method}' must be one of {', '.join(map(repr, args))}, got {value!r}")

@@ -153,7 +153,7 @@ def load_data(spec: RunSpec, data_root: str | Path | None) -> Splits:
 
 
 def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teacher | None, progress: bool | None, timings: dict[str, float]) -> Context:
-    from .models import budget_student, create_model
+    from .models import budget_student, create_model, place
 
     spec = r.spec
     cache: dict[str, Targets] = {}
@@ -167,14 +167,14 @@ def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teac
         return cache[split]
 
     def make_model(name: str, **kw: Any) -> nn.Module:
-        return create_model(name, data.spec, **kw).to(device)
+        return place(create_model(name, data.spec, **kw), device)
 
     def make_student(out_features: int | None = None, n_students: int | None = None, arch: str | None = None) -> nn.Module:
         arch = arch or spec.student
         n = n_students if n_students is not None else spec.n_students
         if arch == "auto":
             model, _ = budget_student(data.spec, n_students=n, out_features=out_features or data.spec.num_classes, family=spec.budget)
-            return model.to(device)
+            return place(model, device)
         kw = {"out_features": out_features} if out_features is not None else {}
         return make_model(arch, **kw)
 
@@ -271,11 +271,11 @@ def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | 
 
 
 def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress: bool | None) -> Teacher:
-    from .models import create_model
+    from .models import create_model, place
     from .teachers import import_teacher
 
     def build(arch: str) -> nn.Module:
-        return create_model(arch, data.spec).to(device)
+        return place(create_model(arch, data.spec), device)
 
     if spec.teacher.startswith("file:"):
         arch_path = spec.teacher[5:]

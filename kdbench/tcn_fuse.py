@@ -2,7 +2,12 @@
 
 `Stacked` holds k copies of one architecture with every parameter and buffer stacked on a leading
 axis and evaluates them as ONE batched computation (`torch.func.functional_call` under `vmap`).
-`Single` wraps one plain module with the same calling convention (outputs carry a leading axis of
+`Grouped` holds the same stacked tensors but, for plain conv/dense chains (the TCN students),
+evaluates them as grouped layers: the k copies' channels side by side in one convolution
+(`groups=k`), dense layers as one batched matmul. vmap turns a batched convolution into a grouped
+one too, but keeps the copy axis outside the channels, so every elementwise op, pooling and bias
+add around it runs on strided tensors and the fused n = 4 students trained slower than one after
+another; `stack()` picks `Grouped` whenever the architecture allows it. `Single` wraps one plain module with the same calling convention (outputs carry a leading axis of
 size 1), so a method writes its losses once and runs them either fused or one module at a time.
 Adam keeps its state per parameter element, so training the stack equals training the copies one
 after another up to float reassociation, provided the loss is the SUM of the per-copy losses.
@@ -14,7 +19,10 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.func import functional_call, vmap
+
+from .models.protocol import StagedNet
 
 
 def structure_key(module: nn.Module) -> tuple:
@@ -125,6 +133,121 @@ class Stacked(nn.Module):
             load_tensors(m, self.member_tensors(i))
 
 
+_ELEMENTWISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Dropout)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+_CONVS = (nn.Conv1d, nn.Conv2d)
+# layouts of the activation between layers: "shared" (B, ...) one tensor every copy sees; "grouped"
+# (B, k*C, *spatial) copy i owns channels [i*C, (i+1)*C); "stacked" (k, B, F)
+
+
+def _chain(module: nn.Module) -> list[nn.Module] | None:
+    """The leaf layers `module` runs in order, when its forward is a plain chain of them."""
+    if isinstance(module, nn.Sequential):
+        parts: list[nn.Module] = list(module)
+    elif isinstance(module, StagedNet):
+        parts = [module.stem, module.body, module.neck, module.classifier]
+    else:
+        return [module] if not list(module.children()) else None
+    out: list[nn.Module] = []
+    for part in parts:
+        sub = _chain(part)
+        if sub is None:
+            return None
+        out += sub
+    return out
+
+
+def _next_layout(layer: nn.Module, layout: str) -> str | None:
+    """The layout after `layer`, or None when the grouped form cannot run it."""
+    if isinstance(layer, _ELEMENTWISE):
+        return layout
+    if isinstance(layer, _POOLS):
+        return layout if layout != "stacked" else None
+    if isinstance(layer, _CONVS):
+        ok = layer.groups == 1 and layer.padding_mode == "zeros" and layout != "stacked"
+        return "grouped" if ok else None
+    if isinstance(layer, nn.Flatten):
+        ok = layer.start_dim == 1 and layer.end_dim == -1 and layout != "stacked"
+        return {"grouped": "stacked", "shared": "shared"}[layout] if ok else None
+    if isinstance(layer, nn.Linear):
+        return "stacked" if layout != "grouped" else None
+    return None
+
+
+def grouped_plan(module: nn.Module, batched_input: bool = False) -> list[nn.Module] | None:
+    """The chain of layers `Grouped` would run for copies of `module`, or None if it cannot."""
+    chain = _chain(module)
+    if chain is None or any(list(m.buffers()) for m in chain):
+        return None
+    layout: str | None = "stacked" if batched_input else "shared"
+    for layer in chain:
+        layout = _next_layout(layer, layout)  # type: ignore[arg-type]
+        if layout is None:
+            return None
+    return chain if layout != "shared" else None
+
+
+class Grouped(Stacked):
+    """`Stacked` evaluated as grouped layers (see module doc); same parameters, names and results
+    up to float reassociation. Build it with `stack()`, which falls back to vmap when it cannot."""
+
+    def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False):
+        super().__init__(modules, batched_input)
+        first = list(modules)[0]
+        chain = grouped_plan(first, batched_input)
+        if chain is None:
+            raise ValueError(f"{type(first).__name__} is not a plain conv/dense chain; use Stacked")
+        names = {id(m): n for n, m in first.named_modules()}
+        self._layers = [(layer, names[id(layer)]) for layer in chain]
+        # follow the copies' memory format: channels-last convolutions are much faster on CPU
+        self.channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                                 for p in first.parameters())
+
+    def forward(self, x: Tensor, *, frozen: bool = False, bn_train: bool | None = None) -> Tensor:
+        training = self.training if bn_train is None else bn_train
+        k = self.k
+        h, layout = x, ("stacked" if self.batched_input else "shared")
+        for layer, name in self._layers:
+            if isinstance(layer, _CONVS + (nn.Linear,)):
+                w = getattr(self, _flat(f"{name}.weight" if name else "weight"))
+                b = getattr(self, _flat(f"{name}.bias" if name else "bias"), None) if layer.bias is not None else None
+                if frozen:
+                    w, b = w.detach(), (b.detach() if b is not None else None)
+            if isinstance(layer, _CONVS):
+                weight = w.reshape(k * w.shape[1], *w.shape[2:])
+                if self.channels_last and weight.dim() == 4:
+                    weight = weight.contiguous(memory_format=torch.channels_last)
+                conv = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv1d
+                h = conv(h, weight, b.reshape(-1) if b is not None else None, layer.stride, layer.padding, layer.dilation,
+                         1 if layout == "shared" else k)
+            elif isinstance(layer, nn.Linear):
+                if layout == "shared":  # one matmul against all copies' weights, then split
+                    h = F.linear(h, w.reshape(-1, w.shape[-1]), b.reshape(-1) if b is not None else None)
+                    h = h.view(h.shape[0], k, -1).transpose(0, 1)
+                elif b is not None:
+                    h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+                else:
+                    h = torch.bmm(h, w.transpose(1, 2))
+            elif isinstance(layer, nn.Flatten) and layout == "grouped":
+                h = h.reshape(h.shape[0], k, -1).transpose(0, 1)
+            elif isinstance(layer, nn.Dropout):
+                h = F.dropout(h, layer.p, training, layer.inplace)
+            else:
+                h = layer(h)
+            layout = _next_layout(layer, layout)  # type: ignore[assignment]
+        if layout == "grouped":  # (B, k*C, ...) -> (k, B, C, ...)
+            h = h.reshape(h.shape[0], k, -1, *h.shape[2:]).transpose(0, 1)
+        return h
+
+
+def stack(modules: Sequence[nn.Module], batched_input: bool = False) -> Stacked:
+    """k identical modules as one computation: `Grouped` when their architecture allows, else vmap."""
+    modules = list(modules)
+    if modules and grouped_plan(modules[0], batched_input) is not None:
+        return Grouped(modules, batched_input)
+    return Stacked(modules, batched_input)
+
+
 class FusedConcat(nn.Module):
     """Concatenation of the outputs of `modules` (in the given order) along dim 1, with identical
     modules evaluated as one `Stacked` computation each: TCN's "fused" inference."""
@@ -136,7 +259,7 @@ class FusedConcat(nn.Module):
             groups.setdefault(structure_key(m), []).append(j)
         self.members = [idx for idx in groups.values()]
         self.groups = nn.ModuleList(
-            Stacked([modules[j] for j in idx]) if len(idx) > 1 else Single(copy.deepcopy(modules[idx[0]])) for idx in self.members
+            stack([modules[j] for j in idx]) if len(idx) > 1 else Single(copy.deepcopy(modules[idx[0]])) for idx in self.members
         )
         self.n = len(modules)
 

@@ -24,6 +24,7 @@ from kdbench.config import RunSpec
 from kdbench.engine import Batch, Step, snapshot
 from kdbench.errors import KdbenchError
 from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.models import place
 
 from .student import default_schedule
 
@@ -123,11 +124,11 @@ class FT(Method):
         if f_t.ndim != 4 or f_s.ndim != 4:
             raise KdbenchError(f"ft needs 2-d feature maps (N, C, H, W); got teacher {tuple(f_t.shape)}, student {tuple(f_s.shape)}")
 
-        para = Paraphraser(f_t.shape[1], p.k).to(ctx.device)
+        para = place(Paraphraser(f_t.shape[1], p.k), ctx.device)
         para_res = train_paraphraser(ctx, para, teacher_fm, x_val, p.paraphraser_epochs)
         para.requires_grad_(False).eval()
 
-        trans = translator(f_s.shape[1], f_t.shape[1], p.k).to(ctx.device)
+        trans = place(translator(f_s.shape[1], f_t.shape[1], p.k), ctx.device)
         if f_t.shape[-2:] != f_s.shape[-2:]:
             ctx.deviations.append(f"ft: factor maps pooled to the smaller size (teacher {tuple(f_t.shape[-2:])}, "
                                   f"student {tuple(f_s.shape[-2:])}, adaptive average pooling)")

@@ -144,10 +144,10 @@ def count(model: nn.Module) -> int:
 
 def auto_assistant(ctx: Context, student: nn.Module) -> tuple[nn.Module, dict]:
     """The budget student family sized to the geometric mean of teacher and student (params and MACs)."""
-    from kdbench.models import Budget, budget_student, count_macs
+    from kdbench.models import Budget, budget_student, count_macs, place
 
     spec = ctx.data.spec
     params = math.sqrt(count(ctx.teacher) * count(student))
     macs = math.sqrt(count_macs(ctx.teacher, spec) * count_macs(student, spec))
     model, info = budget_student(spec, 1, spec.num_classes, budget=Budget(round(params), 2 * round(macs)))
-    return model.to(ctx.device), info
+    return place(model, ctx.device), info

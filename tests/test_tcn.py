@@ -58,7 +58,7 @@ def tiny_splits(teacher: nn.Module, n_train: int = 96, n_val: int = 32, n_test: 
 
 
 def make_ctx(teacher: nn.Module | None = None, n: int = 2, mode: str | None = "ff", epochs: int = 3, calls: list | None = None,
-             n_train: int = 96, optimizer: str | None = None, lr: float | None = None, **params) -> tuple[Context, object]:
+             n_train: int = 96, optimizer: str | None = None, lr: float | None = None, student=None, **params) -> tuple[Context, object]:
     teacher = teacher if teacher is not None else tiny_teacher()
     data = tiny_splits(teacher, n_train=n_train)
     spec = RunSpec(method="tcn", dataset="tiny", n_students=n, mode=mode, seed=3, params=params)
@@ -70,6 +70,8 @@ def make_ctx(teacher: nn.Module | None = None, n: int = 2, mode: str | None = "f
     def make_student(out_features=None, n_students=None, arch=None):
         if calls is not None:
             calls.append(out_features)
+        if student is not None:
+            return student(out_features)
         return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, out_features))
 
     sched = TCN.schedule(spec, build_params(TCN, params))
@@ -244,6 +246,20 @@ def test_fused_training_equals_sequential(mode, n, optimizer, lr):
     assert seq.metrics["feature_mse"] == pytest.approx(fus.metrics["feature_mse"], abs=1e-6)
 
 
+def _conv_student(out_features):
+    return nn.Sequential(nn.Conv2d(1, 3, 2), nn.ReLU(), nn.MaxPool2d(3), nn.Flatten(), nn.Linear(3, out_features))
+
+
+@pytest.mark.parametrize("student,fusion", [(None, "grouped"), (_conv_student, "grouped"),
+                                            (lambda w: nn.Sequential(nn.Flatten(), nn.Linear(16, 6, bias=False), nn.BatchNorm1d(6), nn.Linear(6, w)), "vmap")],
+                         ids=["dense", "conv", "batchnorm"])
+def test_fused_students_run_grouped_or_vmap_and_equal_sequential(student, fusion):
+    seq, fus = _fit_both(n=2, mode="ff", student=student)
+    assert fus.metrics["fusion"] == [fusion] and seq.metrics["fusion"] == ["single", "single"]
+    for key in seq.last_state:
+        torch.testing.assert_close(fus.last_state[key], seq.last_state[key], rtol=0, atol=1e-5, msg=key)
+
+
 def test_fused_gan_with_adam_agrees_statistically():
     """With Adam, D's first Dense bias has an exactly-zero gradient for units that stay on one side
     of the LeakyReLU over a batch (the next Dense feeds a BN); Adam normalises the ~1e-7
@@ -398,9 +414,26 @@ def test_end_to_end_runner(cache, tmp_path, mode):
     assert math.isfinite(m["feature_mse"]) and 0 <= m["test_acc"] <= 100 and m["finetuned"] is True
     assert {"test_acc_no_finetune", "test_acc_valbest_no_finetune"} <= set(m)
     assert any("80/20" in d for d in rec["deviations"])  # the runner's default val fraction is recorded
-    curve = [r["val_mse"] for r in rec["history"] if r.get("stage") == "students"]
+    assert m["fusion"] == ["single", "single"] and m["fused"] is False  # fused=auto: n = 2 students are too big to gain on CPU
+    curve = [r["val_mse"] for r in rec["history"] if r.get("stage") == "students" and r["students"] == [0]]
     assert len(curve) == 2
     if mode == "ff":
         assert curve[1] < curve[0]  # the students learn their chunks
     else:
         assert m["gan_variant"] == "code-faithful" and 0 <= m["d_valid_fake"] <= 1
+
+
+def test_fused_auto_fuses_small_students_on_cpu_and_all_on_accelerators():
+    from kdbench.data.base import DataSpec
+    from kdbench.models import budget_student
+
+    spec = DataSpec((1, 28, 28), 10)
+    small, big = budget_student(spec, 8, 32)[0], budget_student(spec, 4, 64)[0]  # the MNIST n = 8 / n = 4 budgets
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert tcn.fuse_students([small], "auto", spec, cpu) is True
+    assert tcn.fuse_students([big], "auto", spec, cpu) is False
+    assert tcn.fuse_students([big], "auto", spec, cuda) is True
+    assert tcn.fuse_students([small], False, spec, cpu) is False and tcn.fuse_students([big], True, spec, cpu) is True
+    assert build_params(TCN, {"fused": False}).fused is False and build_params(TCN, {"fused": "auto"}).fused == "auto"
+    with pytest.raises(KdbenchError, match="must be one of 'auto' or true or false, got 'yes'"):
+        build_params(TCN, {"fused": "yes"})

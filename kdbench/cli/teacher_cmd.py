@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..data import load_dataset
     from ..engine import resolve_device
-    from ..models import create_model
+    from ..models import create_model, place
     from ..teachers import default_recipe, default_teacher, get_teacher, import_teacher
 
     arch = default_teacher(args.dataset) if args.arch == "auto" else args.arch
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, args.data_root, val_fraction=args.val_fraction, split_seed=args.split_seed, max_train=args.max_train)
 
     def build(name: str):
-        return create_model(name, data.spec).to(device)
+        return place(create_model(name, data.spec), device)
 
     build(arch)  # unknown architecture -> one clear line before any work
     t0 = time.perf_counter()

@@ -6,6 +6,7 @@ from . import cifar_resnet, paper, plain, students  # noqa: F401  (registration 
 from .budget import PAPER_BUDGETS, Budget, budget_student
 from .complexity import count_macs, count_params
 from .dense import DenseView, dense_view
+from .placement import memory_format_name, place
 from .protocol import NORMALIZATIONS, StagedNet, ZooModel
 from .weights import load_weights, read_state_dict
 from .zoo import MODELS, create_model, list_models, register_model
@@ -25,6 +26,8 @@ __all__ = [
     "dense_view",
     "list_models",
     "load_weights",
+    "memory_format_name",
+    "place",
     "read_state_dict",
     "register_model",
 ]
