@@ -39,4 +39,4 @@ def test_tcn_epoch_sequential(benchmark, session):
 
 def test_tcn_epoch_fused(benchmark, session):
     fit = benchmark.pedantic(_tcn_epoch(session, True), rounds=3, iterations=1)
-    assert fit.metrics["fused_groups"] == [list(range(8))]
+    assert fit.metrics["fused_groups"] == [list(range(8))] and fit.metrics["fusion"] == ["grouped"]

@@ -109,7 +109,7 @@ def test_quick_bench_runs_and_its_equality_checks_hold(tmp_path, quick_cache, mo
     monkeypatch.setenv("KDBENCH_CACHE", str(quick_cache))
     monkeypatch.setenv("KDBENCH_PROGRESS", "0")
     threads = torch.get_num_threads()
-    rc = main(["bench", "--quick", "--only", "targets,fused,efficiency,inference,profile", "--out", str(tmp_path)])
+    rc = main(["bench", "--quick", "--only", "targets,fused,layout,efficiency,inference,profile", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert torch.get_num_threads() == threads  # the bench's fixed thread count is restored
@@ -118,7 +118,8 @@ def test_quick_bench_runs_and_its_equality_checks_hold(tmp_path, quick_cache, mo
         assert f" {col} " in header
     report = json.loads((tmp_path / "bench.json").read_text())
     names = [r["name"] for r in report["rows"]]
-    assert any(n.startswith("targets") for n in names) and sum(n.startswith("fused") for n in names) == 2
+    assert any(n.startswith("targets") for n in names) and sum(n.startswith("fused") for n in names) == 3
+    assert sum(n.startswith("layout") for n in names) == 2
     assert report["checks_ok"] and report["config"]["threads"] == 1
     assert report["env"]["load_avg_1_5_15"] is not None
     for row in report["rows"]:
