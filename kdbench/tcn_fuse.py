@@ -206,6 +206,10 @@ class Grouped(Stacked):
     def forward(self, x: Tensor, *, frozen: bool = False, bn_train: bool | None = None) -> Tensor:
         training = self.training if bn_train is None else bn_train
         k = self.k
+        if self.channels_last and x.dim() == 4 and x.shape[1] == 1 and x.is_contiguous():
+            # one channel: the same memory read as channels-last, so the first convolution's output
+            # is channels-last too instead of switching layouts between the first and second conv
+            x = x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
         h, layout = x, ("stacked" if self.batched_input else "shared")
         for layer, name in self._layers:
             if isinstance(layer, _CONVS + (nn.Linear,)):

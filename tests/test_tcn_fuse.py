@@ -21,6 +21,10 @@ def _image_student() -> nn.Module:
     return create_model("image-student", DataSpec((2, 12, 12), 10), width=3, hidden=7, out_features=5, pool=2)
 
 
+def _mnist_like_student() -> nn.Module:  # one input channel: Grouped reads it as channels-last
+    return create_model("image-student", DataSpec((1, 12, 12), 10), width=2, hidden=5, out_features=4, pool=2)
+
+
 def _text_like() -> nn.Module:
     return nn.Sequential(nn.Conv1d(4, 3, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(3 * 5, 6),
                          nn.LeakyReLU(0.2), nn.Dropout(0.3), nn.Linear(6, 2))
@@ -29,6 +33,8 @@ def _text_like() -> nn.Module:
 CASES = [
     ("image-student", _image_student, (8, 2, 12, 12), False),
     ("image-student channels_last", lambda: _image_student().to(memory_format=torch.channels_last), (8, 2, 12, 12), False),
+    ("1-channel image-student channels_last", lambda: _mnist_like_student().to(memory_format=torch.channels_last),
+     (8, 1, 12, 12), False),
     ("conv1d chain", _text_like, (8, 4, 10), False),
     ("dense chain, per-copy inputs", lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), (8, 6), True),
     ("conv chain ending in a feature map", lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), (4, 1, 6, 6), False),
