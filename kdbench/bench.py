@@ -432,6 +432,14 @@ def max_abs_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     return max((float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()), default=0.0)
 
 
+def off_fraction(a: dict[str, Tensor], b: dict[str, Tensor], atol: float) -> float:
+    """Fraction of all state entries whose values differ by more than `atol` (1 for other keys)."""
+    if a.keys() != b.keys():
+        return 1.0
+    off = sum(int(((a[k].double() - b[k].double()).abs() > atol).sum()) for k in a)
+    return off / max(sum(a[k].numel() for k in a), 1)
+
+
 def max_rel_diff(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) != len(b):
         return math.inf
@@ -499,8 +507,10 @@ def bench_fused(s: Session) -> list[BenchRow]:
         cpu = {k: median([t.train_cpu_s for t in v]) for k, v in fits.items()}
         state_diff = max_abs_diff(seq.last_state, fus.last_state)
         mse_diff = max_rel_diff(seq.metrics["feature_mse_per_student"], fus.metrics["feature_mse_per_student"])
-        if mode == "ff":  # exact up to float reassociation
-            checks = {"per-student states equal (atol 1e-4)": state_diff <= 1e-4,
+        off = off_fraction(seq.last_state, fus.last_state, 1e-4)
+        if mode == "ff":  # exact up to float reassociation, which Adam turns into lr-sized steps on
+            # entries whose gradient is ~0 (noise): a few entries may differ, the outcome may not
+            checks = {"per-student states equal (atol 1e-4) on >= 99.9% of entries": off <= 1e-3,
                       "per-student feature MSE equal (rel 1e-4)": mse_diff <= 1e-4}
         else:  # Adam + BN: statistically equal only (see methods/tcn.py)
             checks = {"per-student feature MSE agree (rel 5e-2; gan+Adam is statistical)": mse_diff <= 5e-2}
@@ -514,9 +524,9 @@ def bench_fused(s: Session) -> list[BenchRow]:
             median(times["fused"]), "s", Goal(">=", 1.4) if n == 8 else Goal(),
             notes=f"1 epoch on {n_train} samples; fusion {'/'.join(fus.metrics['fusion'])}; fused=auto trains these {auto}; "
                   f"CPU-time ratio of the training stage {cpu['sequential'] / cpu['fused']:.2f}; "
-                  f"max |state diff| {state_diff:.2g}, max rel feature-MSE diff {mse_diff:.2g}",
+                  f"max |state diff| {state_diff:.2g} ({off:.2%} of entries > 1e-4), max rel feature-MSE diff {mse_diff:.2g}",
             checks=checks,
-            details={"sequential_s": times["sequential"], "fused_s": times["fused"], "max_state_diff": state_diff,
+            details={"sequential_s": times["sequential"], "fused_s": times["fused"], "max_state_diff": state_diff, "fraction_of_entries_off": off,
                      "max_rel_feature_mse_diff": mse_diff, "fused_groups": fus.metrics["fused_groups"],
                      "feature_mse_per_student": {"sequential": seq.metrics["feature_mse_per_student"],
                                                  "fused": fus.metrics["feature_mse_per_student"]},
@@ -606,6 +616,7 @@ def bench_efficiency(s: Session) -> list[BenchRow]:
             timed = fit_once(setup, ctx)
             if "per_sample" not in flops:
                 flops["per_sample"] = sum(2 * count_macs(m, ctx.data.spec) for m in timed.fit.parts["students"])
+                flops["fusion"] = "/".join(sorted(set(timed.fit.metrics["fusion"])))
                 flops["samples"] = len(ctx.data.train)
             work = 3 * flops["per_sample"] * flops["samples"] / 1e9
             return work / loop_seconds(timed.fit), work / timed.train_cpu_s
@@ -616,7 +627,7 @@ def bench_efficiency(s: Session) -> list[BenchRow]:
         rows.append(BenchRow(
             f"efficiency: TCN n={n} training loop / matmul peak", "achieved", achieved, "peak", peak, "GFLOP/s",
             Goal(">=", 0.30),
-            notes=f"{'fused' if n > 1 else 'single'} student(s), {flops['per_sample'] / 1e6:.3g} MFLOP/sample forward (x3), "
+            notes=f"{n} student(s), trained {flops['fusion']} (fused=auto), {flops['per_sample'] / 1e6:.3g} MFLOP/sample forward (x3), "
                   f"{flops['samples']} samples; peak = {z.peak_size}^3 float32 matmul; per CPU second "
                   f"{achieved_cpu:.3g} / {peak_cpu:.3g} = {achieved_cpu / peak_cpu:.2f}",
             details={"achieved_gflops": [w for w, _ in res["loop"]], "peak_gflops": [w for w, _ in res["peak"]],

@@ -7,7 +7,8 @@ evaluates them as grouped layers: the k copies' channels side by side in one con
 (`groups=k`), dense layers as one batched matmul. vmap turns a batched convolution into a grouped
 one too, but keeps the copy axis outside the channels, so every elementwise op, pooling and bias
 add around it runs on strided tensors and the fused n = 4 students trained slower than one after
-another; `stack()` picks `Grouped` whenever the architecture allows it. `Single` wraps one plain module with the same calling convention (outputs carry a leading axis of
+another; `stack()` picks `Grouped` whenever the architecture allows it.
+`Single` wraps one plain module with the same calling convention (outputs carry a leading axis of
 size 1), so a method writes its losses once and runs them either fused or one module at a time.
 Adam keeps its state per parameter element, so training the stack equals training the copies one
 after another up to float reassociation, provided the loss is the SUM of the per-copy losses.
@@ -159,6 +160,8 @@ def _chain(module: nn.Module) -> list[nn.Module] | None:
 
 def _next_layout(layer: nn.Module, layout: str) -> str | None:
     """The layout after `layer`, or None when the grouped form cannot run it."""
+    if isinstance(layer, nn.Dropout) and layout == "shared":
+        return None  # one mask for every copy; each copy alone would draw its own
     if isinstance(layer, _ELEMENTWISE):
         return layout
     if isinstance(layer, _POOLS):

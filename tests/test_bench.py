@@ -65,6 +65,14 @@ def test_ratio_and_goals():
     assert bench.BenchRow("x", "a", 3.0, "b", 1.0, "s").met is None  # report only
 
 
+def test_state_differences_count_entries_not_just_the_maximum():
+    a = {"w": torch.zeros(1000), "b": torch.zeros(2)}
+    b = {"w": torch.zeros(1000), "b": torch.tensor([0.0, 5e-4])}
+    assert bench.max_abs_diff(a, b) == pytest.approx(5e-4)
+    assert bench.off_fraction(a, b, 1e-4) == pytest.approx(1 / 1002)
+    assert bench.off_fraction(a, a, 0.0) == 0.0 and bench.off_fraction(a, {"w": a["w"]}, 1e-4) == 1.0
+
+
 def test_comparable_keeps_results_and_drops_timings():
     rec = {"status": "ok", "metrics": {"test_acc": 97.5, "train_time_s": 3.0, "teacher_load_s": 0.1, "epoch_time_s": 1.0,
                                       "latency_ms_b1": 0.2, "peak_rss_mb": 900, "finetune_time_s_last": 0.4, "macs": 10},

@@ -91,8 +91,9 @@ def test_grouped_dropout_follows_train_mode():
     (lambda: nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "already grouped conv"),
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.MaxPool1d(2)), "pooling after the copies split"),
     (lambda: nn.Sequential(nn.ReLU()), "no layer with parameters"),
+    (lambda: nn.Sequential(nn.Dropout(0.5), nn.Linear(4, 4)), "dropout on the input every copy shares"),
     (lambda: nn.TransformerEncoderLayer(4, 2), "not a plain chain"),
-], ids=["batchnorm", "grouped-conv", "pool-on-stacked", "parameter-free", "not-a-chain"])
+], ids=["batchnorm", "grouped-conv", "pool-on-stacked", "parameter-free", "shared-dropout", "not-a-chain"])
 def test_stack_falls_back_to_vmap(make, why):
     assert grouped_plan(make()) is None, why
     assert type(stack(_copies(make, k=2))) is Stacked
