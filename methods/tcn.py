@@ -32,9 +32,9 @@ from kdbench.method import Context, FitResult, Method, Schedule, register_method
 from kdbench.tcn_fuse import FusedConcat, Grouped, Single, load_tensors, stack, structure_key
 
 MNIST_FF_EPOCHS = {1: 20, 2: 10, 4: 10, 8: 20}  # the official notebooks, per n
-# `fused=auto` on CPU fuses students up to this forward cost. Measured on the 2-core machine (one
-# thread, batch 128, channels-last): MNIST n = 8 students (59 kMAC) train 1.5x faster fused, the
-# n = 4 ones (1.6 MMAC) 1.2x SLOWER: their fused activations (28 MB) no longer stay in the CPU's cache.
+# `fused=auto` on CPU fuses students up to this forward cost per image: the MNIST n = 8 students
+# (59 kMAC) train 1.9x faster fused, the n = 4 ones (1.6 MMAC) gain nothing (1.03x; `fused` rows of
+# results/bench/bench.md), as each of their convolutions already keeps a core busy.
 FUSE_MAX_MACS_CPU = 500_000
 MNIST_FAMILY = ("mnist", "mnist-5k")
 OFFICIAL_VAL_FRACTION = 0.2
