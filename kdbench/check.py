@@ -41,8 +41,8 @@ CELL_FIELDS = ("dataset", "method", "mode", "n_students", "variant")
 IDENTICAL_NOTE = "identical to the baseline (deterministic CPU rerun)"
 # spec fields that may differ between baseline and rerun without making the protocol a different one
 _PROTOCOL_IGNORED = {"seed", "params_changed"}
-# environment fields that change floating-point results (thread count changes reduction order)
-ENV_FIELDS = ("torch", "device", "gpu", "cpu", "threads")
+# environment fields that change floating-point results (thread count and memory format change reduction order)
+ENV_FIELDS = ("torch", "device", "gpu", "cpu", "threads", "memory_format")
 
 Cell = tuple  # (dataset, method, mode, n_students, variant)
 
