@@ -65,7 +65,6 @@ def peak_cuda_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-@lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +72,11 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# read once, when kdbench is imported: a record names the commit its code was loaded from, even
+# when the checkout moves on while a long sweep runs
+CODE_COMMIT = _git_commit()
 
 
 @lru_cache(maxsize=1)
@@ -91,7 +95,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
     """What produced a number: versions, device, CPU, threads, platform."""
     env = {
         "kdbench_version": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": CODE_COMMIT,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -234,3 +234,23 @@ def test_keep_freed_memory_changes_no_result():
     env = {**os.environ, "KDBENCH_KEEP_FREED_MEMORY": "0"}
     assert subprocess.run([sys.executable, "-c", code, "on"], capture_output=True, text=True, check=True,
                           env=env).stdout.split()[0] == "False"  # the switch for before / after measurements
+
+
+def test_environment_names_the_commit_read_at_import_and_the_memory_format(monkeypatch):
+    from kdbench import measure
+
+    monkeypatch.setattr(measure, "_git_commit", lambda: "moved-on")  # the checkout changed mid-sweep
+    env = measure.environment(torch.device("cpu"))
+    assert env["git_commit"] == measure.CODE_COMMIT != "moved-on"
+    assert env["memory_format"] == "channels_last"
+    monkeypatch.setenv("KDBENCH_CHANNELS_LAST", "0")
+    assert measure.environment(torch.device("cpu"))["memory_format"] == "contiguous"
+
+
+def test_place_makes_conv_weights_channels_last_on_cpu_only_when_enabled(monkeypatch):
+    from kdbench.models import place
+
+    conv = place(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(2, 2)), torch.device("cpu"))
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last) and not conv[0].weight.is_contiguous()
+    monkeypatch.setenv("KDBENCH_CHANNELS_LAST", "0")
+    assert place(nn.Conv2d(3, 4, 3), torch.device("cpu")).weight.is_contiguous()
