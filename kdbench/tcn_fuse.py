@@ -196,15 +196,15 @@ class Grouped(Stacked):
 
     def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False):
         super().__init__(modules, batched_input)
-        first = list(modules)[0]
-        chain = grouped_plan(first, batched_input)
+        base: nn.Module = self._base  # type: ignore[assignment]  # the stateless skeleton, on meta
+        chain = grouped_plan(base, batched_input)
         if chain is None:
-            raise ValueError(f"{type(first).__name__} is not a plain conv/dense chain; use Stacked")
-        names = {id(m): n for n, m in first.named_modules()}
-        self._layers = [(layer, names[id(layer)]) for layer in chain]
+            raise ValueError(f"{type(base).__name__} is not a plain conv/dense chain; use Stacked")
+        names = {id(m): n for n, m in base.named_modules()}
+        self._layers = [(layer, names[id(layer)]) for layer in chain]  # layer: its hyper-parameters
         # follow the copies' memory format: channels-last convolutions are much faster on CPU
         self.channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-                                 for p in first.parameters())
+                                 for p in list(modules)[0].parameters())
 
     def forward(self, x: Tensor, *, frozen: bool = False, bn_train: bool | None = None) -> Tensor:
         training = self.training if bn_train is None else bn_train
