@@ -9,7 +9,7 @@ import sys
 
 # the benchmarks of kdbench.bench.BENCHES, named here so that building the parser imports no torch
 # (tests/test_bench.py checks that the two lists agree)
-NAMES = ("targets", "fused", "parallel", "efficiency", "inference", "memory", "profile")
+NAMES = ("targets", "fused", "layout", "parallel", "efficiency", "inference", "memory", "profile")
 
 
 def add_parser(sub) -> None:
