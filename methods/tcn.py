@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from kdbench.config import RunSpec
+from kdbench.data.base import DataSpec
 from kdbench.engine import Step, accuracy, predict, train
 from kdbench.errors import KdbenchError
 from kdbench.measure import latency_ms, parallel_latency_ms
@@ -33,7 +34,7 @@ from kdbench.tcn_fuse import FusedConcat, Grouped, Single, load_tensors, stack, 
 
 MNIST_FF_EPOCHS = {1: 20, 2: 10, 4: 10, 8: 20}  # the official notebooks, per n
 # `fused=auto` on CPU fuses students up to this forward cost per image: the MNIST n = 8 students
-# (59 kMAC) train 1.9x faster fused, the n = 4 ones (1.6 MMAC) gain nothing (1.03x; `fused` rows of
+# (59 kMAC) train 1.8x faster fused, the n = 4 ones (1.6 MMAC) gain nothing (0.98x; `fused` rows of
 # results/bench/bench.md), as each of their convolutions already keeps a core busy.
 FUSE_MAX_MACS_CPU = 500_000
 MNIST_FAMILY = ("mnist", "mnist-5k")
@@ -157,7 +158,7 @@ def ff_steps(s: nn.Module, opt_s: torch.optim.Optimizer, target: Callable[[Any],
     return [Step("s", opt_s, lambda b: {"mse": mse_per_student(s(b.x), target(b)).sum()})]
 
 
-def fuse_students(students: Sequence[nn.Module], fused: bool | str, spec, device: torch.device) -> bool:
+def fuse_students(students: Sequence[nn.Module], fused: bool | str, spec: DataSpec, device: torch.device) -> bool:
     """Whether identical students train fused: as asked, or for `auto` always on an accelerator and
     on CPU while a student costs at most FUSE_MAX_MACS_CPU per sample."""
     if fused != "auto":
