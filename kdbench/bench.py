@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -701,15 +702,8 @@ def bench_layout(s: Session) -> list[BenchRow]:
     fits: dict[str, list[Timed]] = {"contiguous": [], "channels_last": []}
 
     def arm(kind: str) -> float:
-        old = os.environ.get("KDBENCH_CHANNELS_LAST")
-        os.environ["KDBENCH_CHANNELS_LAST"] = "1" if kind == "channels_last" else "0"
-        try:
+        with mock.patch.dict(os.environ, {"KDBENCH_CHANNELS_LAST": "1" if kind == "channels_last" else "0"}):
             fits[kind].append(fit_once(setup, s.context(setup, s.sizes.fused_train)))
-        finally:
-            if old is None:
-                os.environ.pop("KDBENCH_CHANNELS_LAST")
-            else:
-                os.environ["KDBENCH_CHANNELS_LAST"] = old
         return loop_seconds(fits[kind][-1].fit)
 
     times = interleave({k: (lambda k=k: arm(k)) for k in fits}, s.cfg.n_rounds)

@@ -177,17 +177,20 @@ def _next_layout(layer: nn.Module, layout: str) -> str | None:
     return None
 
 
-def grouped_plan(module: nn.Module, batched_input: bool = False) -> list[nn.Module] | None:
-    """The chain of layers `Grouped` would run for copies of `module`, or None if it cannot."""
+def grouped_plan(module: nn.Module, batched_input: bool = False) -> list[tuple[nn.Module, str]] | None:
+    """The layers `Grouped` would run for copies of `module`, each with the layout of its input
+    (the last layer's output layout follows from it), or None if it cannot."""
     chain = _chain(module)
     if chain is None or any(list(m.buffers()) for m in chain):
         return None
-    layout: str | None = "stacked" if batched_input else "shared"
+    plan, layout = [], "stacked" if batched_input else "shared"
     for layer in chain:
-        layout = _next_layout(layer, layout)  # type: ignore[arg-type]
-        if layout is None:
+        plan.append((layer, layout))
+        out = _next_layout(layer, layout)
+        if out is None:
             return None
-    return chain if layout != "shared" else None
+        layout = out
+    return plan if layout != "shared" else None
 
 
 class Grouped(Stacked):
@@ -197,11 +200,13 @@ class Grouped(Stacked):
     def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False):
         super().__init__(modules, batched_input)
         base: nn.Module = self._base  # type: ignore[assignment]  # the stateless skeleton, on meta
-        chain = grouped_plan(base, batched_input)
-        if chain is None:
+        plan = grouped_plan(base, batched_input)
+        if plan is None:
             raise ValueError(f"{type(base).__name__} is not a plain conv/dense chain; use Stacked")
         names = {id(m): n for n, m in base.named_modules()}
-        self._layers = [(layer, names[id(layer)]) for layer in chain]  # layer: its hyper-parameters
+        # (layer: its hyper-parameters, its name: where its stacked tensors are, its input layout)
+        self._layers = [(layer, names[id(layer)], layout) for layer, layout in plan]
+        self._out_layout = _next_layout(*plan[-1])
         # follow the copies' memory format: channels-last convolutions are much faster on CPU
         self.channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
                                  for p in list(modules)[0].parameters())
@@ -213,8 +218,8 @@ class Grouped(Stacked):
             # one channel: the same memory read as channels-last, so the first convolution's output
             # is channels-last too instead of switching layouts between the first and second conv
             x = x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
-        h, layout = x, ("stacked" if self.batched_input else "shared")
-        for layer, name in self._layers:
+        h = x
+        for layer, name, layout in self._layers:
             if isinstance(layer, _CONVS + (nn.Linear,)):
                 w = getattr(self, _flat(f"{name}.weight" if name else "weight"))
                 b = getattr(self, _flat(f"{name}.bias" if name else "bias"), None) if layer.bias is not None else None
@@ -241,8 +246,7 @@ class Grouped(Stacked):
                 h = F.dropout(h, layer.p, training, layer.inplace)
             else:
                 h = layer(h)
-            layout = _next_layout(layer, layout)  # type: ignore[assignment]
-        if layout == "grouped":  # (B, k*C, ...) -> (k, B, C, ...)
+        if self._out_layout == "grouped":  # (B, k*C, ...) -> (k, B, C, ...)
             h = h.reshape(h.shape[0], k, -1, *h.shape[2:]).transpose(0, 1)
         return h
 
