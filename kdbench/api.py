@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
 from . import store
-from .config import RunSpec
+from .config import RunSpec, check_report_name
 from .errors import KdbenchError
 from .store import load_results
 from .sweep import DEFAULT_OUT, PlannedRun, SweepSpec, plan, plan_table, summary_table
@@ -67,10 +69,56 @@ class SweepResult:
 
 def resolve_out(spec: SweepSpec, out: str | Path | None) -> Path:
     """--out, else the config's `out`, else results/<preset name>, else results/runs; never an existing file."""
-    path = Path(out or spec.out or (f"results/{spec.name}" if spec.name else DEFAULT_OUT))
-    if path.exists() and not path.is_dir():
+    return check_out_dir(out or spec.out or (f"results/{spec.name}" if spec.name else DEFAULT_OUT))
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """The --out directory, checked (not created): it, or its nearest existing parent, must be a directory."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
         raise KdbenchError(f"--out '{path}' exists and is not a directory")
-    return path
+    parent = _nearest_existing(p)
+    if not p.exists() and parent is not None and not parent.is_dir():
+        raise KdbenchError(f"--out '{path}' cannot be created: '{parent}' is not a directory")
+    return p
+
+
+def check_out_writable(path: str | Path) -> None:
+    """A record can be written into --out (or --out can be created): probed by creating a file, which
+    also catches what permission bits do not show (read-only mounts, immutable folders, root)."""
+    p = Path(path)
+    where = p if p.is_dir() else _nearest_existing(p)
+    if where is None:
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kdbench-write-probe-", dir=where)
+    except OSError as e:
+        what = "is not writable" if where == p else f"cannot be created in '{where}'"
+        raise KdbenchError(f"--out '{path}' {what} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _nearest_existing(p: Path) -> Path | None:
+    return next((q for q in (p.absolute(), *p.absolute().parents) if q.exists()), None)
+
+
+def preflight(datasets: Iterable[str], out: str | Path | None, data_root: str | Path | None, *,
+              local: bool = True) -> None:
+    """What can be known about the environment before training, checked now, cheapest first: the
+    cache folder, that --out takes records, then the data (missing or unreadable files), so that a
+    run never fails on them after its work. `local=False` (a remote Ray cluster) skips the cache
+    and the data, which live on the cluster's nodes."""
+    from .cache import check_cache_root
+    from .data.api import check_dataset
+
+    if local:
+        check_cache_root()
+    if out is not None:
+        check_out_writable(out)
+    if local:
+        for name in dict.fromkeys(datasets):
+            check_dataset(name, data_root)
 
 
 def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = None, config: str | Path | None = None,
@@ -96,34 +144,24 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
             raise KdbenchError(f"--{name} must be an integer >= 1, got {value!r}")
     if address and executor != "ray":
         raise KdbenchError("--address is for --executor ray")
+    name = (report_name or spec.name or out_dir.name) if report else None
+    if name is not None:
+        check_report_name(name)  # not after the whole sweep ran
     if dry_run:
         return SweepResult(out_dir, spec, planned, _records(out_dir, planned), dry_run=True,
                            skipped=sum(p.status == "done" for p in planned))
     todo = [p for p in planned if p.status != "done"]
-    if not (executor == "ray" and address):  # a remote cluster's nodes have their own data roots
-        check_data(todo, data_root)
+    if todo:  # a remote cluster's nodes have their own data roots and caches
+        preflight([p.spec.dataset for p in todo], out_dir, data_root, local=not (executor == "ray" and address))
     skipped = len(planned) - len(todo)
     ran = 0
     if todo:
         ran = _execute(todo, out_dir, executor_cls, workers=workers, threads=threads, address=address,
                        data_root=data_root, latency=latency, progress=progress, log=log)
     result = SweepResult(out_dir, spec, planned, _records(out_dir, planned), ran=ran, skipped=skipped)
-    if report:
-        result.report_dir = _report(out_dir, report_dir, report_name or spec.name or out_dir.name, log)
+    if name is not None:
+        result.report_dir = _report(out_dir, report_dir, name, log)
     return result
-
-
-def check_data(planned: Sequence[PlannedRun], data_root: str | Path | None) -> None:
-    """Missing data is bad input: one line saying where it was looked for and how to get it,
-    before anything runs (not one failed record per run)."""
-    from .data import DATASETS, locate
-    from .data.catalogue import missing_message, package_available
-
-    for name in dict.fromkeys(p.spec.dataset for p in planned):
-        entry = DATASETS.get(name)
-        present = locate(entry, data_root) is not None if entry.needs_root else package_available(entry)
-        if not present:
-            raise KdbenchError(missing_message(entry, data_root))
 
 
 def _records(out_dir: Path, planned: Sequence[PlannedRun]) -> list[dict[str, Any]]:
@@ -149,23 +187,27 @@ def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, w
     bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not show, dynamic_ncols=True)
     say = (lambda msg: bar.write(msg)) if log is print else log  # noqa: E731 - keep the bar intact
     in_process = isinstance(workers, int) and workers == 1 and ex.name == "local"
-    done = 0
+    done = ran = 0
     try:
         with ex:
-            if ex.prepares_in_parent:
-                prepare([p.resolved for p in todo], data_root, progress=show, log=say)
+            # the jobs note their record files as planned, before a long preparation: a record that
+            # appears later is a concurrent sweep's, not one to compute again
             jobs = [make_job(p.resolved, out_dir, data_root=str(data_root) if data_root else None, latency=latency,
                              threads=ex.threads_per_run(), progress=(None if show else False) if in_process else False,
                              write=ex.writes_in_worker)
                     for p in todo]
+            if ex.prepares_in_parent:
+                prepare([p.resolved for p in todo], data_root, progress=show, log=say)
             for fin in ex.map(jobs):
                 done += 1
+                ran += not fin.elsewhere  # a concurrent sweep into the same directory ran it
                 if say:
-                    say(f"[{done}/{len(jobs)}] {run_line(fin.record, fin.wall_s)}")
+                    by = " (run by another process)" if fin.elsewhere else ""
+                    say(f"[{done}/{len(jobs)}] {run_line(fin.record, fin.wall_s)}{by}")
                 bar.update(1)
     finally:
         bar.close()
-    return done
+    return ran
 
 
 def run_line(record: dict[str, Any], wall_s: float) -> str:
@@ -202,10 +244,9 @@ def run(method: str, *, out: str | Path | None = None, data_root: str | Path | N
     from .runner import execute, resolve
     from .runner import run as run_spec
 
+    path = check_out_dir(out) if out is not None else None
     r = resolve(RunSpec.from_dict({"method": method, **fields}))
-    if out is None:
+    preflight([r.spec.dataset], path, data_root)
+    if path is None:
         return run_spec(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r)
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise KdbenchError(f"--out '{path}' exists and is not a directory")
     return execute(r.spec, path, data_root=data_root, progress=progress, latency=latency, resolved=r)

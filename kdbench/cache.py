@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from filelock import FileLock
 
+from .errors import KdbenchError
 from .store import DIR_MODE, atomic_write_text
 
 
@@ -28,7 +29,27 @@ class CorruptCacheWarning(UserWarning):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("KDBENCH_CACHE", Path.home() / ".cache" / "kdbench"))
+    """$KDBENCH_CACHE (`~` expanded, made absolute), default ~/.cache/kdbench: the one place every
+    cache (datasets, teachers, targets) takes its root from."""
+    env = os.environ.get("KDBENCH_CACHE", "")
+    return Path(env).expanduser().absolute() if env else Path.home() / ".cache" / "kdbench"
+
+
+def check_cache_root() -> Path:
+    """The cache root, refused with one line when it cannot hold a cache (a file, or under a file,
+    or not creatable), so that a run does not find out after loading its data."""
+    root = cache_root()
+    where = f"cache folder '{root}'" + (" (KDBENCH_CACHE)" if os.environ.get("KDBENCH_CACHE") else "")
+    if root.exists() or root.is_symlink():
+        if not root.is_dir():
+            raise KdbenchError(f"{where} is not a directory")
+        return root
+    parent = next((q for q in root.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise KdbenchError(f"{where} cannot be created: '{parent}' is not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise KdbenchError(f"{where} cannot be created: '{parent}' is not writable")
+    return root
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -61,15 +82,17 @@ class CacheEntry:
             return None
 
     def valid(self, warn: bool = True) -> bool:
-        """True when every listed file exists with its recorded checksum."""
+        """True when meta.json lists the entry's files with checksums and every one matches (an entry
+        that lists nothing proves nothing about what it holds: it is rebuilt)."""
         meta = self.meta()
-        if meta is None:
+        if meta is None or not _lists_files(meta):
             if warn and self.dir.exists():
-                warnings.warn(f"cache entry {self.dir} has no readable meta.json; rebuilding", CorruptCacheWarning, stacklevel=2)
+                what = "no readable meta.json" if meta is None else "a meta.json that lists no checksummed files"
+                warnings.warn(f"cache entry {self.dir} has {what}; rebuilding", CorruptCacheWarning, stacklevel=2)
             return False
-        for name, digest in meta.get("files", {}).items():
+        for name, digest in meta["files"].items():
             path = self.dir / name
-            if not path.exists() or sha256_file(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 if warn:
                     warnings.warn(f"cache file {path} is missing or fails its checksum; rebuilding", CorruptCacheWarning, stacklevel=2)
                 return False
@@ -83,6 +106,8 @@ class CacheEntry:
         try:
             info = writer(tmp)
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != "meta.json"}
+            if not files:
+                raise RuntimeError(f"cache writer for {self.dir} wrote no files")  # such an entry could never be valid
             for p in tmp.iterdir():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
@@ -117,6 +142,13 @@ class CacheEntry:
             return
         for p in strays:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _lists_files(meta: Any) -> bool:
+    """meta.json names at least one file, each with a sha256 hex digest, and carries the writer's info."""
+    files = meta.get("files") if isinstance(meta, dict) else None
+    return (isinstance(files, dict) and bool(files) and "info" in meta
+            and all(isinstance(k, str) and "/" not in k and isinstance(v, str) and len(v) == 64 for k, v in files.items()))
 
 
 def save_array(dirpath: Path, name: str, array: np.ndarray) -> None:

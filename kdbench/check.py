@@ -7,6 +7,11 @@ flag tiny, real-but-irrelevant shifts once the spread is small (a deterministic 
 none); the effect size alone would flag seed noise. With fewer than two seeds on a side there is
 no spread, so only the minimum-effect rule applies, and the report says so.
 
+Data that cannot be trusted fails the gate instead of being averaged away: a new run of a cell
+without a finite value of the metric (failed, NaN, missing) makes the cell INCOMPLETE (never
+"improved"), and record files that fail validation are listed in one warning block, counted by no
+cell, and fail the check; a baseline holding one is refused.
+
 A baseline directory holds the run records of the protocol plus `summary.json` (per cell: seeds,
 values, mean, std, n, the metric, the git commit and date it was made at). The records are the
 source of truth; the summary is checked against them so a hand-edited or stale baseline is caught.
@@ -35,7 +40,7 @@ DEFAULT_METRIC = "test_acc_valbest"
 SUMMARY_METRICS = ("test_acc_valbest", "test_acc")  # written to summary.json, so either can be gated
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT = 0.5  # accuracy points
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = store.SUMMARY_FILE  # "summary.json": never read as a record
 SUMMARY_SCHEMA = 1
 CELL_FIELDS = ("dataset", "method", "mode", "n_students", "variant")
 IDENTICAL_NOTE = "identical to the baseline (deterministic CPU rerun)"
@@ -46,9 +51,9 @@ ENV_FIELDS = ("torch", "device", "gpu", "cpu", "threads", "memory_format")
 
 Cell = tuple  # (dataset, method, mode, n_students, variant)
 
-# verdicts
-OK, REGRESSION, IMPROVED, MISSING, EXTRA = "ok", "REGRESSION", "improved", "missing", "extra"
-FAILING = {REGRESSION, MISSING}
+# verdicts; INCOMPLETE: a new run of the cell has no finite value (failed, NaN, missing): never an improvement
+OK, REGRESSION, IMPROVED, MISSING, EXTRA, INCOMPLETE = "ok", "REGRESSION", "improved", "missing", "extra", "INCOMPLETE"
+FAILING = {REGRESSION, MISSING, INCOMPLETE}
 
 
 def cell_label(cell: Cell) -> str:
@@ -71,8 +76,14 @@ class CellData:
     values: dict[int, float] = field(default_factory=dict)  # seed -> metric value
     protocols: list[dict[str, Any]] = field(default_factory=list)
     envs: list[dict[str, Any]] = field(default_factory=list)
-    failed: int = 0
-    no_metric: int = 0
+    lacking: list[tuple[int, str]] = field(default_factory=list)  # (seed, why) of runs without a finite value
+
+    def lacking_note(self) -> str:
+        """`2 run(s) without a usable value: seed 1: failed run; seed 3: test_acc is NaN` ('' when none)."""
+        if not self.lacking:
+            return ""
+        whys = "; ".join(f"seed {seed}: {why}" for seed, why in sorted(self.lacking))
+        return f"{len(self.lacking)} run(s) without a usable value: {whys}"
 
     def array(self) -> np.ndarray:
         return np.asarray([self.values[s] for s in sorted(self.values)], dtype=float)
@@ -110,13 +121,15 @@ class CheckResult:
     cells: list[CellResult]
     baseline_info: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    invalid: list[store.Invalid] = field(default_factory=list)  # invalid record files of the results, excluded
 
     def by_verdict(self, verdict: str) -> list[CellResult]:
         return [c for c in self.cells if c.verdict == verdict]
 
     @property
     def passed(self) -> bool:
-        return not any(c.verdict in FAILING for c in self.cells)
+        """No failing cell and no invalid record (a damaged result is not evidence of no regression)."""
+        return not self.invalid and not any(c.verdict in FAILING for c in self.cells)
 
     @property
     def exit_code(self) -> int:
@@ -130,46 +143,59 @@ class CheckResult:
 
 # --------------------------------------------------------------------------- reading records
 
-def collect(results_dir: str | Path, metric: str, what: str = "results") -> dict[Cell, CellData]:
-    """Per-cell, per-seed values of `metric` from the records of a directory (failed runs counted, not used)."""
-    path = Path(results_dir)
-    if not path.exists():
-        raise KdbenchError(f"{what} directory '{path}' does not exist")
-    if not path.is_dir():
-        raise KdbenchError(f"{what} path '{path}' is not a directory")
+def collect(results_dir: str | Path, metric: str,
+            what: str = "results") -> tuple[dict[Cell, CellData], list[store.Invalid]]:
+    """Per-cell, per-seed values of `metric` from the valid records of a directory (runs without a finite
+    value are kept as `lacking`), and the invalid record files, which no cell counts."""
+    path = store.results_dir(results_dir, what)
+    records, invalid = store.read_records(path)
+    if not records:
+        extra = f" ({len(invalid)} invalid: {'; '.join(store.invalid_lines(invalid))})" if invalid else ""
+        raise KdbenchError(f"{what} directory '{path}' holds no valid run records (*.json){extra}")
     cells: dict[Cell, CellData] = {}
-    seen_metric = False
     known_metrics: set[str] = set()
-    n_records = 0
-    for rec in store.iter_records(path):
-        n_records += 1
+    for rec in records:
         row = store.record_to_row(rec)
         cell = tuple(row.get(f) for f in CELL_FIELDS)
         data = cells.setdefault(cell, CellData())
-        if rec["status"] != "ok":
-            data.failed += 1
-            continue
-        known_metrics.update(k for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
-        value = row.get(metric)
-        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-            data.no_metric += 1
-            continue
-        seen_metric = True
         seed = int(row.get("seed") or 0)
+        why = _unusable(rec, row.get(metric), metric)
+        if rec["status"] == "ok":
+            known_metrics.update(k for k, v in rec["metrics"].items() if store.is_number(v))
+        if why:
+            data.lacking.append((seed, why))
+            continue
         if seed in data.values:
             raise KdbenchError(f"{what} '{path}' holds two ok runs of cell '{cell_label(cell)}' seed {seed} "
                                f"(two protocols in one directory?); keep one protocol per directory")
-        data.values[seed] = float(value)
-        spec = {k: v for k, v in (rec.get("spec") or {}).items() if k not in _PROTOCOL_IGNORED}
+        data.values[seed] = float(row[metric])
+        spec = {k: v for k, v in rec["spec"].items() if k not in _PROTOCOL_IGNORED}
         data.protocols.append({**spec, "code_version": rec.get("code_version")})
         env = rec.get("env") or {}
         data.envs.append({k: env.get(k) for k in ENV_FIELDS})
-    if n_records == 0:
-        raise KdbenchError(f"{what} directory '{path}' holds no run records (*.json)")
-    if not seen_metric:
+    if not any(d.values for d in cells.values()):
         known = ", ".join(sorted(known_metrics)) or "none"
         raise KdbenchError(f"no ok run in {what} '{path}' has metric '{metric}' (metrics there: {known})")
-    return cells
+    return cells, invalid
+
+
+def _unusable(rec: dict[str, Any], value: Any, metric: str) -> str:
+    """Why a run gives no value of `metric` ('' when it gives a finite one)."""
+    if rec["status"] != "ok":
+        return "failed run"
+    if value is None:
+        return f"no {metric}"
+    if not store.is_number(value):
+        return f"{metric} is not a number ({value!r})"
+    return "" if math.isfinite(value) else f"{metric} is {value}"
+
+
+def refuse_invalid(invalid: list[store.Invalid], baseline_dir: Path) -> None:
+    """A baseline with invalid record files is damaged: one line, no comparison against half of it."""
+    if invalid:
+        raise KdbenchError(f"baseline '{baseline_dir}' holds {len(invalid)} invalid record file(s) "
+                           f"({'; '.join(store.invalid_lines(invalid))}); restore them or rerun "
+                           f"`kdbench baseline update`")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -204,20 +230,18 @@ def compare_cell(cell: Cell, base: CellData, new: CellData, alpha: float, min_ef
         notes.append(f"n < 2 on the {' and '.join(sides)} side: min-effect rule only (no spread to test)")
         regressed = -diff > min_effect
         improved = diff > min_effect
-    verdict = REGRESSION if regressed else IMPROVED if improved else OK
+    verdict = INCOMPLETE if new.lacking else REGRESSION if regressed else IMPROVED if improved else OK
     if new.values == base.values:
         notes.append(IDENTICAL_NOTE)
     else:
-        lost = sorted(set(base.values) - set(new.values))
+        lost = sorted(set(base.values) - set(new.values) - {seed for seed, _ in new.lacking})  # lacking: said below
         if lost:
             notes.append(f"seed(s) {', '.join(map(str, lost))} of the baseline not in the new results")
         env = _differences(base.envs, new.envs)
         if env:
             notes.append(f"environment differs from the baseline (bit-identical values not expected): {env}")
-    if new.failed:
-        notes.append(f"{new.failed} failed run(s) in the new results")
-    if new.no_metric:
-        notes.append(f"{new.no_metric} ok run(s) without the metric in the new results")
+    if new.lacking:
+        notes.append(f"{new.lacking_note()} in the new results")
     notes.extend(_protocol_notes(base.protocols, new.protocols))
     return CellResult(cell, base, new, diff, p_less, verdict, notes)
 
@@ -245,8 +269,9 @@ def _differences(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
 
 def load_summary(baseline_dir: str | Path) -> dict[str, Any]:
     path = Path(baseline_dir) / SUMMARY_FILE
-    if not Path(baseline_dir).is_dir():
+    if not Path(baseline_dir).exists():
         raise KdbenchError(f"baseline directory '{baseline_dir}' does not exist (make one with `kdbench baseline update`)")
+    store.results_dir(baseline_dir, "baseline")  # a file: says so
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
@@ -292,9 +317,10 @@ def check(results_dir: str | Path, baseline_dir: str | Path, metric: str | None 
     baseline_dir = Path(baseline_dir)
     summary = load_summary(baseline_dir)
     metric = metric or summary.get("metric") or DEFAULT_METRIC
-    base_cells = collect(baseline_dir, metric, what="baseline")
+    base_cells, base_invalid = collect(baseline_dir, metric, what="baseline")
+    refuse_invalid(base_invalid, baseline_dir)
     _verify_summary(summary, base_cells, metric, baseline_dir)
-    new_cells = collect(results_dir, metric, what="results")
+    new_cells, invalid = collect(results_dir, metric, what="results")
     results: list[CellResult] = []
     for cell in sorted(set(base_cells) | set(new_cells), key=_sort_key):
         base, new = base_cells.get(cell), new_cells.get(cell)
@@ -303,13 +329,13 @@ def check(results_dir: str | Path, baseline_dir: str | Path, metric: str | None 
         if base_ok and new_ok:
             results.append(compare_cell(cell, base, new, alpha, min_effect))
         elif base_ok:
-            why = f"{new.failed} failed run(s), no ok run" if new is not None and new.failed else "no run of this cell"
+            why = f"no usable run: {new.lacking_note()}" if new is not None and new.lacking else "no run of this cell"
             results.append(CellResult(cell, base, new, math.nan, math.nan, MISSING, [why]))
         elif new_ok:
             results.append(CellResult(cell, base, new, math.nan, math.nan, EXTRA, ["not in the baseline"]))
     info = {k: summary.get(k) for k in ("preset", "git_commit", "git_dirty", "date", "code_version", "command")}
     info["dir"] = str(baseline_dir)
-    return CheckResult(metric, alpha, min_effect, results, info)
+    return CheckResult(metric, alpha, min_effect, results, info, invalid=invalid)
 
 
 # --------------------------------------------------------------------------- report
@@ -341,6 +367,7 @@ def format_report(result: CheckResult) -> str:
         f"baseline: {info.get('dir')} (preset {info.get('preset') or '?'}, commit {str(info.get('git_commit') or '?')[:12]}"
         f"{' + local changes' if info.get('git_dirty') else ''}, {info.get('date') or '?'})",
         *([f"baseline made by: {info['command']}"] if info.get("command") else []),
+        *_warning_block(result),
         "",
         pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=("left",) * 6),
     ]
@@ -351,20 +378,34 @@ def format_report(result: CheckResult) -> str:
     if notes:
         lines += ["", "notes:", *notes]
     lines.append("")
-    regress, missing, extra = (result.by_verdict(v) for v in (REGRESSION, MISSING, EXTRA))
+    extra = result.by_verdict(EXTRA)
     if extra:
         lines.append(f"extra cell(s), not gated: {', '.join(cell_label(c.cell) for c in extra)}")
-    if result.passed:
-        lines.append(f"check passed: {len(result.cells) - len(extra)} cell(s), no regression"
-                     + (f"; {IDENTICAL_NOTE}" if result.identical else ""))
-    else:
-        parts = []
-        if regress:
-            parts.append(f"{len(regress)} regression(s): {', '.join(cell_label(c.cell) for c in regress)}")
-        if missing:
-            parts.append(f"{len(missing)} missing cell(s): {', '.join(cell_label(c.cell) for c in missing)}")
-        lines.append("check FAILED: " + "; ".join(parts))
+    lines.append(_verdict_line(result, len(extra)))
     return "\n".join(lines)
+
+
+def _warning_block(result: CheckResult) -> list[str]:
+    """The one block listing the results' invalid record files ([] when there are none)."""
+    if not result.invalid:
+        return []
+    return ["", f"WARNING: {len(result.invalid)} invalid record file(s) in the results, excluded from every cell "
+                "(a resumed sweep reruns them):", *[f"  - {line}" for line in store.invalid_lines(result.invalid)]]
+
+
+def _verdict_line(result: CheckResult, n_extra: int) -> str:
+    if result.passed:
+        return (f"check passed: {len(result.cells) - n_extra} cell(s), no regression"
+                + (f"; {IDENTICAL_NOTE}" if result.identical else ""))
+    parts = []
+    for verdict, what in ((REGRESSION, "regression(s)"), (INCOMPLETE, f"incomplete cell(s) (a run without a usable {result.metric})"),
+                          (MISSING, "missing cell(s)")):
+        cells = result.by_verdict(verdict)
+        if cells:
+            parts.append(f"{len(cells)} {what}: {', '.join(cell_label(c.cell) for c in cells)}")
+    if result.invalid:
+        parts.append(f"{len(result.invalid)} invalid record file(s) (listed above)")
+    return "check FAILED: " + "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- baseline summary / update
@@ -394,7 +435,9 @@ def summarize(results_dir: str | Path, metrics: Iterable[str] = SUMMARY_METRICS,
     date = date or datetime.now(timezone.utc).isoformat(timespec="seconds")
     entries = []
     for metric in metrics:
-        for cell, d in sorted(collect(results_dir, metric, what="baseline").items(), key=lambda kv: _sort_key(kv[0])):
+        cells, invalid = collect(results_dir, metric, what="baseline")
+        refuse_invalid(invalid, Path(results_dir))
+        for cell, d in sorted(cells.items(), key=lambda kv: _sort_key(kv[0])):
             if not d.n:
                 continue
             seeds = sorted(d.values)

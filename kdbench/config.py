@@ -6,10 +6,13 @@ the same spec always gives the same key and any change of a field gives another.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -29,6 +32,11 @@ class TeacherRecipe:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+
+
+# Fields added after the first committed records, with their defaults: they enter a run's canonical
+# spec (and so its run key) only when set to something else.
+LATE_FIELDS: dict[str, Any] = {"augment": "none", "teacher_normalize": None}
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,13 @@ class RunSpec:
     split_seed: int = 0
     max_train: int | None = None  # deterministic subset of train (quick protocols)
     device: str = "auto"
+    augment: str = "none"  # training-batch augmentation (see kdbench.augment); with it the teacher runs in the loop
+    teacher_normalize: str | None = None  # input normalisation of the teacher model (imported weights need theirs)
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields, except the late ones at their default (so run keys made before they existed stay valid)."""
         d = dataclasses.asdict(self)
-        return d
+        return {k: v for k, v in d.items() if not (k in LATE_FIELDS and v == LATE_FIELDS[k])}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
@@ -139,9 +150,10 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def run_key(canonical: dict[str, Any]) -> str:
-    """Stable key of a canonical spec: readable prefix + hash of the spec and code version."""
-    payload = canonical_json({**canonical, "code_version": CODE_VERSION})
+def run_key(canonical: dict[str, Any], code_version: str | None = None) -> str:
+    """Stable key of a canonical spec: readable prefix + hash of the spec and code version (this
+    code's, or the one a record was made with, to check that record's key)."""
+    payload = canonical_json({**canonical, "code_version": code_version or CODE_VERSION})
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     mode = f"-{canonical['mode']}" if canonical.get("mode") else ""
     n = f"-n{canonical['n_students']}" if canonical.get("method") == "tcn" else ""
@@ -208,3 +220,62 @@ def parse_int_list(text: str, name: str, minimum: int = 1) -> list[int]:
             raise KdbenchError(f"--{name} lists {v} twice")
         values.append(v)
     return values
+
+
+REPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_report_name(name: str) -> str:
+    """A report folder name (reports/<name>/): checked before a sweep runs, not after it."""
+    if not isinstance(name, str) or not REPORT_NAME.fullmatch(name):
+        raise KdbenchError(f"report name '{name}' must be letters, digits, '.', '_' or '-' (no path)")
+    return name
+
+
+def read_yaml_file(path: str | Path, what: str = "config") -> Any:
+    """The YAML document in `path`; an unreadable file, bytes that are not UTF-8, invalid YAML and
+    a key given twice in one mapping (which would silently take the last value) are one line each."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise KdbenchError(f"cannot read {what} '{path}': {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KdbenchError(f"{what} '{path}' is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise KdbenchError(f"{what} '{path}' is not valid YAML: {problem}{at}") from None
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader that refuses a mapping key given twice (merge keys `<<` may still be overridden)."""
+    import yaml
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first at line {first.line + 1})",
+                                                        key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    loader = type("UniqueKeyLoader", (yaml.SafeLoader,), {})
+    loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return loader

@@ -13,8 +13,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     idx: torch.Tensor  # indices into the split: look up cached teacher targets with it
+    memo: dict[Any, Any] = field(default_factory=dict)  # values computed once per batch (a teacher's outputs on it)
 
 
 @dataclass
@@ -102,7 +103,9 @@ def train(
     """Train `modules` with `steps` for `epochs` over (x, y); validate after each epoch with `evaluate`.
 
     `modules` are the trainable modules: put in train mode for the steps, eval mode for validation,
-    and snapshotted at the best validation score (ties keep the earlier epoch).
+    and snapshotted at the best validation score (ties keep the earlier epoch). `transform(x, gen)`
+    (the run's augmentation, see kdbench.augment) replaces each training batch's x before its steps,
+    drawing from the same seeded generator as the batch order.
     """
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []

@@ -9,17 +9,24 @@
 Every run goes through `runner.execute`, so a run that raises becomes a `failed` record and the
 others go on. Teachers and their targets are built once in the parent before fanning out (the
 local pool), or serialised by the cache's file lock (Ray workers on one machine).
+
+A local run holds a lock file of its own (`OUT/.locks/KEY.lock`) while it runs, so concurrent
+sweeps into one results directory split the runs. Pool workers die with the sweep process however
+it ends, and an interrupted sweep (Ctrl-C, or SIGTERM / SIGHUP under `stop_on_signals`) kills its
+workers at once instead of waiting for their runs.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +36,13 @@ from . import store
 from .config import CODE_VERSION, canonical_json
 from .errors import KdbenchError
 from .registry import Registry
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not claimed
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_DIR = ".locks"  # in a results directory: one lock file per run key
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,9 @@ class Job:
     latency: bool = True
     threads: int | None = None  # torch.set_num_threads in the worker; None = leave as is
     progress: bool | None = False
-    write: bool = True  # the worker writes the record (False: the driver writes it)
+    write: bool = True  # the worker writes the record (False: the driver writes it; no lock is taken)
+    wait: bool = False  # another process held the run's lock: wait for it instead of skipping
+    seen: tuple[int, int] | None = None  # the record file as planned (inode, mtime); changed: another process ran it
 
     @property
     def key(self) -> str:
@@ -51,9 +67,12 @@ class Job:
 
 @dataclass
 class Finished:
+    """A job's outcome: its record (written by whoever ran it) and wall time."""
+
     job: Job
     record: dict[str, Any]
     wall_s: float
+    elsewhere: bool = False  # another process (a concurrent sweep into the same directory) ran it
 
 
 def make_job(resolved: Any, out_dir: str | Path, **kw: Any) -> Job:
@@ -61,11 +80,34 @@ def make_job(resolved: Any, out_dir: str | Path, **kw: Any) -> Job:
     with a GPU must not run a spec planned for the CPU under the CPU's key)."""
     if resolved.spec.device == "auto":
         resolved = dataclasses.replace(resolved, spec=resolved.spec.replace(device=resolved.canonical["device"]))
-    return Job(resolved, str(out_dir), **kw)
+    return Job(resolved, str(out_dir), seen=_file_stamp(store.record_path(Path(out_dir), resolved.key)), **kw)
 
 
-def run_job(job: Job) -> tuple[dict[str, Any], float]:
-    """Execute one job (in whatever process runs it); returns (record, wall seconds)."""
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def run_job(job: Job) -> Finished | None:
+    """Execute one job (in whatever process runs it). None: another process holds the run's lock
+    (a job with `wait` waits for it instead); a record that process wrote is returned, not redone."""
+    if not job.write:
+        return _compute(job)
+    with claim(Path(job.out_dir), job.key, wait=job.wait) as claimed:
+        if not claimed:
+            return None
+        path = store.record_path(Path(job.out_dir), job.key)
+        if _file_stamp(path) != job.seen:  # written since the sweep planned: by the process that held the run
+            record = store.read_record(path)
+            if record is not None:
+                return Finished(job, record, 0.0, elsewhere=True)
+        return _compute(job)
+
+
+def _compute(job: Job) -> Finished:
     import torch
 
     from .runner import execute
@@ -85,7 +127,34 @@ def run_job(job: Job) -> tuple[dict[str, Any], float]:
     finally:
         if job.threads:
             torch.set_num_threads(previous)
-    return record, time.perf_counter() - t0
+    return Finished(job, record, time.perf_counter() - t0)
+
+
+@contextmanager
+def claim(out_dir: Path, key: str, wait: bool = False) -> Iterator[bool]:
+    """Hold the run's lock file while the body runs: True if this process holds it, False if another
+    one does (`wait`: block until it is free). An flock, which the OS drops when its holder dies, so
+    a killed sweep never blocks the one that resumes it; it also works across machines on NFS."""
+    if fcntl is None:  # pragma: no cover
+        yield True
+        return
+    path = Path(out_dir) / LOCK_DIR / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        yield _flock(fd, wait)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, wait: bool) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks: run unclaimed, as without a concurrent sweep
+        pass
+    return True
 
 
 def failed_record(job: Job, exc: BaseException, what: str | None = None) -> dict[str, Any]:
@@ -110,6 +179,52 @@ def _record_failure(job: Job, exc: BaseException, what: str | None = None) -> di
     except OSError:
         pass
     return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupts
+# ---------------------------------------------------------------------------------------------
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP as an exception: a sweep stops on them the way it stops on Ctrl-C (workers
+    killed at once, finished records kept). A KeyboardInterrupt, so no `except Exception` that turns
+    a run's error into a failed record swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt_signal(exc: KeyboardInterrupt) -> signal.Signals:
+    """The signal behind an interrupt: SIGTERM / SIGHUP for `Interrupted`, else SIGINT (Ctrl-C)."""
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT))
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _signal_handlers(handler: Any, signums: Sequence[int]) -> Iterator[None]:
+    """`handler` for `signums` while the body runs, then the previous ones (main thread only: Python
+    sets handlers nowhere else, so elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+
+
+def stop_on_signals() -> Any:
+    """While the body runs, SIGTERM and SIGHUP raise `Interrupted` (the CLI's sweep; a library
+    caller keeps its own handlers, and the workers still die with it)."""
+    return _signal_handlers(_raise_interrupted, STOP_SIGNALS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,11 +292,24 @@ class LocalExecutor(Executor):
 
     def map(self, jobs: Sequence[Job]) -> Iterator[Finished]:
         if self.workers == 1:
-            for job in jobs:
-                record, wall = run_job(job)
-                yield Finished(job, record, wall)
+            yield from _serial_map(jobs)
             return
         yield from _pool_map(list(jobs), min(self.workers, len(jobs)) or 1, self.threads_per_run())
+
+
+def _serial_map(jobs: Sequence[Job]) -> Iterator[Finished]:
+    """In this process; runs another process holds come last, waited for."""
+    later = []
+    for job in jobs:
+        fin = run_job(job)
+        if fin is None:
+            later.append(dataclasses.replace(job, wait=True))
+        else:
+            yield fin
+    for job in later:
+        fin = run_job(job)
+        assert fin is not None  # a waiting job always gets the lock
+        yield fin
 
 
 _STARTED: Any = None  # in a pool worker: queue on which each run announces its start
@@ -195,10 +323,10 @@ def gpu_for_worker(slot: int, n_gpus: int, visible: str | None) -> str | None:
 
 
 def _init_worker(threads: int | None, started: Any = None, env: dict[str, str] | None = None,
-                 slots: Any = None, n_gpus: int = 0) -> None:
+                 slots: Any = None, n_gpus: int = 0, sweep_pid: int | None = None) -> None:
     """Pool worker set-up: the parent's KDBENCH_* settings as of now (a forkserver started earlier
-    holds old ones), a GPU of its own where there are several, die with the parent (Linux), use
-    our share of the threads, stay quiet."""
+    holds old ones), a GPU of its own where there are several, die with the sweep process, leave
+    Ctrl-C to it (it kills us), use our share of the threads, stay quiet."""
     global _STARTED
     _STARTED = started
     if env is not None:
@@ -211,19 +339,58 @@ def _init_worker(threads: int | None, started: Any = None, env: dict[str, str] |
         gpu = gpu_for_worker(slot, n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    if sweep_pid is not None:
+        exit_with(sweep_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["KDBENCH_PROGRESS"] = "0"
+    _quiet_tqdm_lock()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _quiet_tqdm_lock() -> None:
+    """tqdm's default lock is a named semaphore even for a disabled bar; a killed worker leaks it and
+    the resource tracker then warns on the sweep's stderr. Workers draw no bars: a thread lock does."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
+def exit_with(pid: int, poll_s: float = 0.5) -> threading.Thread:
+    """End this process as soon as process `pid` ends, however it ends (SIGKILL included). A pool
+    worker's parent is the forkserver, not the sweep, so a parent-death signal would never fire;
+    a pidfd becomes readable when `pid` exits (no pid-reuse race), else poll."""
+    import select
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            os._exit(1)
+        except (AttributeError, OSError):  # not Linux >= 5.3
+            while _alive(pid):
+                time.sleep(poll_s)
+        else:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll()
+        os._exit(1)
+
+    watchdog = threading.Thread(target=watch, name=f"kdbench-exit-with-{pid}", daemon=True)
+    watchdog.start()
+    return watchdog
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and someone else's
+        pass
+    return True
 
 
 def _kdbench_env() -> dict[str, str]:
@@ -249,43 +416,70 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _pool_run(job: Job) -> tuple[dict[str, Any], float]:
+def _pool_run(job: Job) -> Finished | None:
     if _STARTED is not None:
         _STARTED.put(job.key)
     return run_job(job)
 
 
+@contextmanager
+def _pool(ctx: Any, workers: int, threads: int | None, started: Any = None,
+          n_gpus: int = 0) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers die with this process; when the body is interrupted (Ctrl-C,
+    SIGTERM, a consumer that stops) or fails, the workers are killed at once, not waited for."""
+    slots = ctx.Value("i", 0) if n_gpus > 1 else None
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(threads, started, _kdbench_env(), slots, n_gpus, os.getpid()))
+    try:
+        yield pool
+    except BaseException:
+        with _signal_handlers(signal.SIG_IGN, (signal.SIGINT, *STOP_SIGNALS)):  # a second Ctrl-C: not halfway
+            _kill_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's workers, then shut it down without waiting (their runs are lost; finished
+    records are complete on disk, a half-written one is only an ignored temporary)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # read before shutdown clears it
+        try:
+            proc.kill()
+        except (OSError, AttributeError, ValueError):
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _pool_map(jobs: list[Job], workers: int, threads: int | None) -> Iterator[Finished]:
     """Process pool. A worker that dies (segfault, OOM kill) breaks the pool: runs that had not
     started go to a fresh pool; runs that were in flight are retried one at a time in a worker of
-    their own, where a run that kills its worker again is recorded as failed."""
+    their own, where a run that kills its worker again is recorded as failed. Runs another process
+    holds go to the back of the queue, waited for."""
     ctx = _mp_context()
     todo, suspects = list(jobs), []
     n_gpus = _cuda_count()
     while todo:
         started = ctx.SimpleQueue()
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
-                                   initargs=(threads, started, _kdbench_env(), ctx.Value("i", 0), n_gpus))
         lost: list[Job] = []
-        try:
-            pending: dict[Future, Job] = {pool.submit(_pool_run, job): job for job in todo}
+        with _pool(ctx, min(workers, len(todo)), threads, started, n_gpus) as pool:
+            pending: dict[Future, Job] = {}
+            for job in todo:
+                _submit(pool, job, pending, lost)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     job = pending.pop(fut)
                     try:
-                        record, wall = fut.result()
+                        fin = fut.result()
                     except BrokenProcessPool:
                         lost.append(job)
                         continue
                     except Exception as exc:  # noqa: BLE001 - e.g. the record could not be sent back
-                        record, wall = _record_failure(job, exc), 0.0
-                    yield Finished(job, record, wall)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            _kill_workers(pool)
-            raise
-        pool.shutdown(wait=True)
+                        fin = Finished(job, _record_failure(job, exc), 0.0)
+                    if fin is None:  # another process is running it
+                        _submit(pool, dataclasses.replace(job, wait=True), pending, lost)
+                    else:
+                        yield fin
         began = set()
         while not started.empty():
             began.add(started.get())
@@ -302,22 +496,23 @@ def _pool_map(jobs: list[Job], workers: int, threads: int | None) -> Iterator[Fi
         yield _isolated(ctx, job, threads)
 
 
+def _submit(pool: ProcessPoolExecutor, job: Job, pending: dict[Future, Job], lost: list[Job]) -> None:
+    try:
+        pending[pool.submit(_pool_run, job)] = job
+    except BrokenProcessPool:
+        lost.append(job)
+
+
 def _isolated(ctx: Any, job: Job, threads: int | None) -> Finished:
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads, None, _kdbench_env())) as solo:
+    job = dataclasses.replace(job, wait=True)
+    with _pool(ctx, 1, threads) as solo:
         try:
-            record, wall = solo.submit(run_job, job).result()
+            fin = solo.submit(run_job, job).result()
         except BrokenProcessPool as exc:
-            record, wall = _record_failure(job, exc, "the worker process running this run died (killed or crashed)"), 0.0
-    return Finished(job, record, wall)
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    for proc in list(getattr(pool, "_processes", {}).values()):
-        try:
-            proc.kill()
-        except (OSError, AttributeError):
-            pass
+            died = "the worker process running this run died (killed or crashed)"
+            fin = Finished(job, _record_failure(job, exc, died), 0.0)
+    assert fin is not None  # a waiting job always gets the lock
+    return fin
 
 
 @EXECUTORS.register("ray")
@@ -359,11 +554,12 @@ class RayExecutor(Executor):
                 done, _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(done[0])
                 try:
-                    record, wall = ray.get(done[0])
+                    fin = ray.get(done[0])  # write=False: never claimed, never None
                 except ray.exceptions.RayError as exc:
-                    record, wall = failed_record(job, exc, f"Ray task failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"), 0.0
-                store.write_record(Path(job.out_dir), record)
-                yield Finished(job, record, wall)
+                    what = f"Ray task failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                    fin = Finished(job, failed_record(job, exc, what), 0.0)
+                store.write_record(Path(job.out_dir), fin.record)
+                yield Finished(job, fin.record, fin.wall_s)
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -411,7 +607,7 @@ def prepare(resolved: Sequence[Any], data_root: str | Path | None, progress: boo
                 errors[data_id] = note(f"dataset {s.dataset}", e)
         if not data_ok[data_id] or not r.method.needs_teacher:
             continue
-        teacher_id = canonical_json([data_id, s.teacher, s.teacher_recipe, r.canonical["device"]])
+        teacher_id = canonical_json([data_id, s.teacher, s.teacher_recipe, s.teacher_normalize, r.canonical["device"]])
         if teacher_id in teachers_done:
             continue
         teachers_done.add(teacher_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import math
 import pkgutil
@@ -22,7 +23,7 @@ from torch import nn
 
 from .config import RunSpec
 from .data.base import Splits
-from .engine import Step, TrainResult, accuracy, predict, train
+from .engine import Batch, Step, TrainResult, accuracy, predict, train
 from .errors import KdbenchError
 from .registry import Registry
 
@@ -40,6 +41,56 @@ class Targets:
 
     logits: torch.Tensor
     features: torch.Tensor
+
+
+class BatchTargets:
+    """A frozen teacher's outputs on one training batch, each computed on first use: the batch's rows
+    of outputs cached on the clean train split where there are some (`rows`: name -> full-split
+    tensor), else the teacher run on the batch itself in inference mode, as for augmented batches
+    (DESIGN.md section 2). The results are plain tensors (usable as loss targets)."""
+
+    def __init__(self, teacher: nn.Module | None, batch: Batch, rows: Callable[[], dict[str, Any]] | None):
+        self._teacher, self._batch, self._rows = teacher, batch, rows
+        self._done: dict[str, torch.Tensor] = {}
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self._get("logits", lambda x: self._teacher(x))
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The dense vector before the classifier (the models' `features` protocol)."""
+        from .models import dense_view
+
+        return self._get("features", lambda x: dense_view(self._teacher).features(x))
+
+    @property
+    def feature_map(self) -> torch.Tensor:
+        """A conv teacher's last feature map (never cached: computed on the batch)."""
+        return self._get("feature_map", lambda x: self._teacher.feature_map(x), cacheable=False)
+
+    def _get(self, name: str, compute: Callable[[torch.Tensor], torch.Tensor], cacheable: bool = True) -> torch.Tensor:
+        if name not in self._done:
+            cached = self._rows().get(name) if cacheable and self._rows is not None else None
+            if cached is not None:
+                self._done[name] = cached[self._batch.idx]
+            else:
+                self._done[name] = self._run(name, compute)
+        return self._done[name]
+
+    def _run(self, name: str, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The teacher on the batch in eval mode (BatchNorm statistics untouched), without autograd."""
+        if self._teacher is None:
+            raise KdbenchError(f"teacher {name} asked for on a training batch, but the run has no teacher")
+        was_training = self._teacher.training
+        self._teacher.eval()
+        try:
+            with torch.inference_mode():
+                out = compute(self._batch.x).float()
+        finally:
+            if was_training:
+                self._teacher.train()
+        return out.clone()  # a plain tensor outside inference mode: autograd may save it
 
 
 @dataclass
@@ -91,9 +142,44 @@ class Context:
         x, y = self.split("val")
         return {"val_acc": accuracy(predict(model, x), y)}
 
+    @property
+    def augmented(self) -> bool:
+        """Whether training batches are augmented (then no cached teacher output matches a batch)."""
+        return self.spec.augment != "none"
+
+    def teacher_outputs(self, batch: Batch) -> BatchTargets:
+        """The run's teacher on a training batch (.logits, .features, .feature_map): rows of its cached
+        targets for clean batches, the teacher run on the batch when augmented; methods read their
+        teacher through this and never branch on the augmentation."""
+        return self._outputs(batch, self.teacher, self._teacher_rows)
+
+    def stage_teacher(self, model: nn.Module) -> Callable[[Batch], BatchTargets]:
+        """A trained model as the teacher of a later stage (TAKD's assistants): its logits on the clean
+        train split are computed once now, unless batches are augmented (then it runs on each batch)."""
+        model.eval()
+        rows = {} if self.augmented else {"logits": predict(model, self.split("train")[0]).clone()}
+        return lambda batch: self._outputs(batch, model, lambda: rows)
+
+    def _outputs(self, batch: Batch, model: nn.Module | None, rows: Callable[[], dict[str, Any]]) -> BatchTargets:
+        key = ("teacher_outputs", id(model))  # once per batch and model (GAN steps ask several times)
+        if key not in batch.memo:
+            batch.memo[key] = BatchTargets(model, batch, None if self.augmented else rows)
+        return batch.memo[key]
+
+    @functools.cached_property
+    def _train_targets(self) -> Targets:
+        return self.targets("train")
+
+    def _teacher_rows(self) -> dict[str, Any]:
+        return {"logits": self._train_targets.logits, "features": self._train_targets.features}
+
     def train(self, steps: list[Step], modules: dict[str, nn.Module], **kw: Any) -> TrainResult:
-        """The shared loop on the train split with this run's schedule and seed (override via kw)."""
+        """The shared loop on the train split with this run's schedule and seed (override via kw);
+        training batches get the run's augmentation."""
+        from .augment import batch_transform
+
         x, y = self.split("train")
+        kw.setdefault("transform", batch_transform(self.spec.augment))
         kw.setdefault("epochs", self.schedule.epochs)
         kw.setdefault("batch_size", self.schedule.batch_size)
         kw.setdefault("seed", self.seed)
@@ -141,12 +227,52 @@ class Method:
             raise KdbenchError(f"method '{cls.name}' trains one student; --students {spec.n_students} is for tcn")
 
 
+@dataclass(frozen=True)
+class Range:
+    """The declared bounds of a numeric hyperparameter (of each item, for a list), checked for every
+    method when a spec is resolved (plan time), before anything trains:
+
+        temperature: Annotated[float, Range(gt=0)] = 4.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.9
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        lower = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        upper = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        if lower and upper:
+            return f"in {lower[0]}{lower[1]:g}, {upper[1]:g}{upper[0]}"
+        if lower:
+            return f"{'>=' if lower[0] == '[' else '>'} {lower[1]:g}"
+        if upper:
+            return f"{'<=' if upper[0] == ']' else '<'} {upper[1]:g}"
+        return "a number"
+
+
 def param_fields(cls: type[Method]) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls.Params)) if dataclasses.is_dataclass(cls.Params) else []
 
 
+def param_ranges(cls: type[Method]) -> dict[str, Range]:
+    """Parameter name -> its declared Range (`Annotated[..., Range(...)]` in the method's Params)."""
+    if not param_fields(cls):
+        return {}
+    hints = typing.get_type_hints(cls.Params, include_extras=True)
+    return {name: meta for name, hint in hints.items() if typing.get_origin(hint) is typing.Annotated
+            for meta in hint.__metadata__ if isinstance(meta, Range)}
+
+
 def build_params(cls: type[Method], given: dict[str, Any]) -> Any:
-    """Validate `--param` values against the method's Params dataclass: unknown keys and wrong types fail clearly."""
+    """Validate `--param` values against the method's Params dataclass: unknown keys, wrong types and
+    values outside a declared Range fail clearly."""
     fields = {f.name: f for f in param_fields(cls)}
     hints = typing.get_type_hints(cls.Params) if fields else {}
     values: dict[str, Any] = {}
@@ -157,7 +283,19 @@ def build_params(cls: type[Method], given: dict[str, Any]) -> Any:
             known = ", ".join(sorted(fields)) or "none"
             raise KdbenchError(f"method '{cls.name}' has no parameter '{key}'{hint} (parameters: {known})")
         values[key] = _coerce(cls.name, key, value, hints[key])
-    return cls.Params(**values)
+    params = cls.Params(**values)
+    check_ranges(cls, params)
+    return params
+
+
+def check_ranges(cls: type[Method], params: Any) -> None:
+    """Every parameter with a declared Range (each item of a list one) lies in it; None means the default."""
+    for key, bounds in param_ranges(cls).items():
+        value = getattr(params, key)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and item not in bounds:
+                got = f"{value!r}" if item is value else f"{item!r} in {value!r}"
+                raise KdbenchError(f"parameter '{key}' of '{cls.name}' must be {bounds}, got {got}")
 
 
 def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:

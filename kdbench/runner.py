@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import time
 import traceback
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from . import store
+from .augment import check_augmentation
 from .config import CODE_VERSION, RunSpec, check_fields, run_key
 from .data.base import Splits
 from .engine import accuracy, keep_freed_memory, predict, resolve_device, seed_everything
@@ -47,6 +49,7 @@ def resolve(spec: RunSpec) -> Resolved:
     from .data import DATASETS
 
     entry = DATASETS.get(spec.dataset)  # unknown dataset -> did-you-mean
+    check_augmentation(spec.augment, entry.name, entry.modality)  # unknown, or images-only on text -> one line now
     resolve_device(spec.device)  # unknown device, or CUDA asked for where there is none -> one line now
     teacher = spec.teacher
     if cls.needs_teacher and teacher == "auto":
@@ -111,26 +114,47 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
     if spec.teacher.startswith("file:"):
         rest = spec.teacher[5:]
         name, _, path = rest.partition("=") if "=" in rest else ("", "", rest)
-        if name:
-            arch("teacher", name)
         if not path or not Path(path).is_file():
             raise KdbenchError(f"teacher checkpoint '{path}' does not exist (--teacher file:[ARCH=]PATH)")
+        teacher_arch = name or default_teacher(spec.dataset)
+        arch("teacher", teacher_arch)
         st = Path(path).stat()
-        problem = _checkpoint_problem(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        problem = _checkpoint_problem(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, teacher_arch, entry.num_classes)
         if problem:
             raise KdbenchError(problem)
     else:
-        arch("teacher", spec.teacher)
+        teacher_arch = spec.teacher
+        arch("teacher", teacher_arch)
+    _check_normalize(teacher_arch, spec.teacher_normalize)
+
+
+def _check_normalize(arch: str, normalize: str | None) -> None:
+    """A teacher normalisation must parse and the teacher's architecture must take one."""
+    from .models import MODELS
+    from .models.protocol import parse_normalize
+
+    if normalize is None:
+        return
+    parse_normalize(normalize)
+    factory = MODELS.get(arch) if arch in MODELS else None
+    if factory is not None and "normalize" not in inspect.signature(factory).parameters:
+        raise KdbenchError(f"teacher '{arch}' takes no input normalisation (teacher_normalize={normalize!r})")
 
 
 @functools.lru_cache(maxsize=32)
-def _checkpoint_problem(path: str, size: int, mtime_ns: int) -> str | None:
-    """Why a teacher checkpoint cannot be read (unsafe pickle, not a checkpoint), or None; read once
-    per file version, so a sweep of many runs with one imported teacher reads it once."""
-    from .models.weights import read_state_dict
+def _checkpoint_problem(path: str, size: int, mtime_ns: int, arch: str, num_classes: int) -> str | None:
+    """Why a teacher checkpoint cannot be read (unsafe pickle, not a checkpoint) or cannot be the
+    architecture's weights (its parameter names differ), or None; read once per file version, so a
+    sweep of many runs with one imported teacher reads it once. Shapes are checked on import, once
+    the data's input shape is known."""
+    from .models import MODELS, create_model
+    from .models.weights import check_keys, read_state_dict
 
     try:
-        read_state_dict(path)
+        state = read_state_dict(path)
+        if arch in MODELS:
+            spec = dataclasses.replace(MODELS.get(arch).default_spec, num_classes=num_classes)
+            check_keys(create_model(arch, spec).state_dict(), state, f"weights {path} do not fit teacher '{arch}'")
     except KdbenchError as e:
         return str(e)
     return None
@@ -274,14 +298,14 @@ def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress:
     from .models import create_model, place
     from .teachers import import_teacher
 
-    def build(arch: str) -> nn.Module:
-        return place(create_model(arch, data.spec), device)
+    def build(arch: str, **kw: Any) -> nn.Module:
+        return place(create_model(arch, data.spec, **kw), device)
 
     if spec.teacher.startswith("file:"):
         arch_path = spec.teacher[5:]
         arch, _, path = arch_path.partition("=") if "=" in arch_path else (default_teacher(spec.dataset), "", arch_path)
-        return import_teacher(Path(path), arch, data, device, build)
-    return get_teacher(spec.teacher, data, spec.teacher_recipe, device, build, progress)
+        return import_teacher(Path(path), arch, data, device, build, spec.teacher_normalize)
+    return get_teacher(spec.teacher, data, spec.teacher_recipe, device, build, progress, spec.teacher_normalize)
 
 
 def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,

@@ -1,20 +1,28 @@
 """Run records on disk: one JSON file per run, written atomically, loaded into a tidy DataFrame.
 
-A record is only ever read as a result when it parsed completely and says `status == "ok"`;
-a kill at any moment leaves either the old file, the new file, or a stray temporary that is ignored.
+A record is only ever read as a result when it parsed completely, validates against its schema
+(typed fields, schema version, a run key that names its file and hashes its spec) and says
+`status == "ok"`; a kill at any moment leaves either the old file, the new file, or a stray temporary
+that is ignored. Invalid files are returned as `Invalid` (path, reason) for reports to list.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
+from .config import RunSpec, run_key
+from .errors import KdbenchError
+
 SCHEMA_VERSION = 1
 RECORD_SUFFIX = ".json"
+SUMMARY_FILE = "summary.json"  # the gate's baseline summary, kept beside its records: not a record
 # spec fields promoted to DataFrame columns (one row per run)
 SPEC_COLUMNS = ("method", "dataset", "teacher", "student", "budget", "n_students", "mode", "epochs", "seed")
 
@@ -63,8 +71,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         pass
 
 
-def record_path(out_dir: Path, run_key: str) -> Path:
-    return Path(out_dir) / f"{run_key}{RECORD_SUFFIX}"
+def record_path(out_dir: Path, key: str) -> Path:
+    return Path(out_dir) / f"{key}{RECORD_SUFFIX}"
 
 
 def write_record(out_dir: Path, record: dict[str, Any]) -> Path:
@@ -85,29 +93,176 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at `path`, or None when it is missing, unreadable or not a complete record."""
+# --------------------------------------------------------------------------- reading and validating
+
+@dataclass(frozen=True)
+class Invalid:
+    """A record file that is not a valid run record, and why: reports list it, nothing counts it,
+    and a resumed sweep reruns its run."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path.name}: {self.reason}"
+
+
+class _Bad(Exception):
+    """Why a record is invalid (internal: becomes an `Invalid`)."""
+
+
+# field -> (types, what the message says); bool is never an integer here
+_REQUIRED = {"run_key": (str, "a string"), "status": (str, "a string"), "spec": (dict, "an object"),
+             "metrics": (dict, "an object"), "code_version": (str, "a string")}
+_OPTIONAL = {"history": (list, "a list"), "deviations": (list, "a list"), "env": (dict, "an object"),
+             "data": (dict, "an object"), "teacher": ((dict, type(None)), "an object or null"),
+             "error": (dict, "an object"), "started_at": (str, "a string"), "finished_at": (str, "a string")}
+STATUSES = ("ok", "failed")
+KEY_FIELDS = ("method", "dataset", "seed")  # spec fields the run key's readable prefix names
+# metrics every ok run records as numbers (NaN is a number here: the gate refuses it, the schema does not)
+NUMBER_METRICS = ("test_acc", "test_acc_valbest", "val_acc", "test_top5", "test_top5_valbest")
+
+
+def _need(ok: bool, reason: str) -> None:
+    if not ok:
+        raise _Bad(reason)
+
+
+def _typed(rec: dict[str, Any], name: str, types: Any, what: str) -> None:
+    value = rec[name]
+    _need(isinstance(value, types) and not isinstance(value, bool),
+          f"field '{name}' must be {what}, got {type(value).__name__} {_short(value)}")
+
+
+def is_number(value: Any) -> bool:
+    """An int or float (NaN included), never a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def canonical_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The canonical spec a record's run key hashes: its `spec` without the derived `params_changed`."""
+    return {k: v for k, v in spec.items() if k != "params_changed"}
+
+
+def spec_key(spec: dict[str, Any], code_version: str) -> str:
+    """The run key a record with this `spec` and `code_version` must carry."""
+    return run_key(canonical_spec(spec), code_version)
+
+
+def _check_fields(rec: dict[str, Any]) -> None:
+    _need("schema" in rec, "no schema version (not a kdbench run record?)")
+    schema = rec["schema"]
+    _need(type(schema) is int and schema == SCHEMA_VERSION,
+          f"schema version {_short(schema)}, this kdbench reads version {SCHEMA_VERSION}")
+    for name, (types, what) in _REQUIRED.items():
+        _need(name in rec, f"field '{name}' is missing")
+        _typed(rec, name, types, what)
+    for name, (types, what) in _OPTIONAL.items():
+        if name in rec:
+            _typed(rec, name, types, what)
+    _need(rec["status"] in STATUSES, f"status {rec['status']!r} is not one of {', '.join(STATUSES)}")
+    _need(all(isinstance(d, str) for d in rec.get("deviations", [])), "field 'deviations' must list strings")
+    _need(all(isinstance(h, dict) for h in rec.get("history", [])), "field 'history' must list objects")
+    if rec["status"] == "failed":
+        _need(isinstance(rec.get("error"), dict) and isinstance(rec["error"].get("message"), str),
+              "a failed record needs an 'error' object with a 'message' string")
+    for name in NUMBER_METRICS:
+        value = rec["metrics"].get(name)
+        _need(value is None or is_number(value), f"metric '{name}' must be a number, got {_short(value)}")
+
+
+def _check_key(rec: dict[str, Any], path: Path) -> None:
+    """The key names the file and is the hash of the spec: a copy, a rename or an edited spec is caught."""
+    key = rec["run_key"]
+    _need(path.name == f"{key}{RECORD_SUFFIX}", f"its run key '{key}' is not its file name (a copy or a renamed file?)")
+    _need(isinstance(rec["spec"].get("params_changed", {}), dict), "field 'spec.params_changed' must be an object")
+    for name in KEY_FIELDS:
+        _need(name in rec["spec"], f"field 'spec.{name}' is missing")
     try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(rec, dict) or "run_key" not in rec or "status" not in rec or "spec" not in rec:
-        return None
-    return rec
+        RunSpec.from_dict(canonical_spec(rec["spec"]))
+    except (KdbenchError, TypeError, ValueError) as e:
+        raise _Bad(f"spec: {e}") from None
+    expected = spec_key(rec["spec"], rec["code_version"])
+    _need(key == expected, f"its run key does not match its spec (the spec hashes to '{expected}'; edited?)")
+
+
+def check_record(rec: Any, path: Path) -> str | None:
+    """Why `rec`, read from `path`, is not a valid run record (None when it is one)."""
+    try:
+        _need(isinstance(rec, dict), f"not a JSON object but a {type(rec).__name__}")
+        _check_fields(rec)
+        _check_key(rec, Path(path))
+    except _Bad as bad:
+        return str(bad)
+    return None
+
+
+def load_record(path: Path) -> dict[str, Any] | Invalid:
+    """The validated record at `path`, or an `Invalid` saying why it is not one."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_bytes())
+    except OSError as e:
+        return Invalid(path, f"cannot be read ({e.strerror or e})")
+    except (ValueError, RecursionError) as e:
+        return Invalid(path, f"not valid JSON: truncated or corrupt ({str(e) or type(e).__name__})")
+    reason = check_record(rec, path)
+    return rec if reason is None else Invalid(path, reason)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at `path`, or None when it is missing, unreadable or not a valid record."""
+    rec = load_record(path)
+    return None if isinstance(rec, Invalid) else rec
+
+
+def record_files(out_dir: Path) -> list[Path]:
+    """The record files of a results directory, sorted (temporaries and the baseline summary left out)."""
+    return [p for p in sorted(Path(out_dir).glob(f"*{RECORD_SUFFIX}"))
+            if not p.name.startswith(".") and p.name != SUMMARY_FILE]
+
+
+def read_records(out_dir: Path) -> tuple[list[dict[str, Any]], list[Invalid]]:
+    """The valid records of a directory (one per run key: a file holds the key it is named by) and the
+    invalid files; reports and the gate show the second list instead of silently dropping it."""
+    valid: list[dict[str, Any]] = []
+    invalid: list[Invalid] = []
+    for path in record_files(out_dir):
+        rec = load_record(path)
+        (invalid if isinstance(rec, Invalid) else valid).append(rec)
+    return valid, invalid
 
 
 def iter_records(out_dir: Path) -> Iterator[dict[str, Any]]:
-    for path in sorted(Path(out_dir).glob(f"*{RECORD_SUFFIX}")):
-        if path.name.startswith("."):
-            continue
-        rec = read_record(path)
-        if rec is not None:
-            yield rec
+    """The valid records of a directory (see `read_records` for the invalid ones)."""
+    yield from read_records(out_dir)[0]
 
 
-def is_done(out_dir: Path, run_key: str) -> bool:
-    rec = read_record(record_path(out_dir, run_key))
+def is_done(out_dir: Path, key: str) -> bool:
+    """A valid ok record exists for run key `key` (an invalid one is rerun)."""
+    rec = read_record(record_path(out_dir, key))
     return rec is not None and rec.get("status") == "ok"
+
+
+def invalid_lines(invalid: Iterable[Invalid]) -> list[str]:
+    """One `file: reason` line per invalid record file (the body of every warning block)."""
+    return [str(i) for i in invalid]
+
+
+def results_dir(path: str | Path, what: str = "results") -> Path:
+    """`path` as a results directory, or one clear line saying that it is missing or a file."""
+    path = Path(path)
+    if not path.exists():
+        raise KdbenchError(f"{what} directory '{path}' does not exist")
+    if not path.is_dir():
+        raise KdbenchError(f"{what} path '{path}' is a file, not a directory (give the folder that holds the "
+                           f"run records)")
+    return path
 
 
 def variant_label(spec: dict[str, Any]) -> str:
@@ -156,12 +311,21 @@ def _flatten(d: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
             yield key, v
 
 
-def load_results(out_dir: str | Path, include_failed: bool = False) -> pd.DataFrame:
-    """All records of a results directory as one DataFrame, one row per run (failed runs optional)."""
-    rows = [record_to_row(r) for r in iter_records(Path(out_dir))]
-    df = pd.DataFrame(rows)
+def records_frame(records: Iterable[dict[str, Any]], include_failed: bool = False) -> pd.DataFrame:
+    """Records as one DataFrame, one row per run (failed runs optional)."""
+    df = pd.DataFrame([record_to_row(r) for r in records])
     if df.empty:
         return pd.DataFrame(columns=["run_key", "status", *SPEC_COLUMNS, "variant"])
     if not include_failed:
         df = df[df["status"] == "ok"].reset_index(drop=True)
     return df
+
+
+def load_results(out_dir: str | Path, include_failed: bool = False) -> pd.DataFrame:
+    """All valid records of a results directory as one DataFrame, one row per run (failed runs optional);
+    invalid record files are left out with one warning that lists them."""
+    records, invalid = read_records(Path(out_dir))
+    if invalid:
+        warnings.warn(f"{len(invalid)} invalid record file(s) in '{out_dir}' left out: "
+                      + "; ".join(invalid_lines(invalid)), stacklevel=2)
+    return records_frame(records, include_failed)

@@ -42,7 +42,7 @@ ALIASES = {"methods": "method", "modes": "mode", "n_students": "students"}
 GRID_FIELDS = ("method", "students", "mode", "seeds")
 # fields copied onto every RunSpec as they are
 RUN_FIELDS = ("dataset", "teacher", "student", "budget", "epochs", "batch_size", "lr", "val_fraction", "split_seed",
-              "max_train", "device")
+              "max_train", "device", "augment", "teacher_normalize")
 # describe the sweep, not its runs
 META_FIELDS = ("name", "description", "requires", "out", "meta")
 
@@ -197,6 +197,8 @@ def _register_fields() -> None:
         "split_seed": lambda v: _int(v, minimum=0),
         "max_train": lambda v: _int(v, minimum=1),
         "device": text,
+        "augment": text,  # validated by runner.resolve (kdbench.augment)
+        "teacher_normalize": text,  # validated by runner.resolve (models.protocol.parse_normalize)
         "params": _params,
         "name": text,
         "description": text,
@@ -271,21 +273,11 @@ def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 # YAML files and presets
 # ---------------------------------------------------------------------------------------------
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML file; unreadable or invalid files are one clear line."""
-    import yaml
+    """The mapping in a YAML file; unreadable, non-UTF-8 or invalid files (duplicate keys too) are one clear line."""
+    from .config import read_yaml_file
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise KdbenchError(f"cannot read sweep config '{path}': {e.strerror or e}") from None
-    try:
-        content = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise KdbenchError(f"sweep config '{path}' is not valid YAML: {problem}{at}") from None
+    content = read_yaml_file(path, "sweep config")
     if content is None:
         raise KdbenchError(f"sweep config '{path}' is empty")
     if not isinstance(content, dict):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from .cache import CacheEntry, key_hash, load_array, save_array
+from .cache import CacheEntry, key_hash, load_array, save_array, sha256_file
 from .config import CODE_VERSION, TeacherRecipe
 from .data.base import Splits
 from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, seed_everything, train
@@ -47,6 +48,23 @@ DEFAULT_RECIPES = {
 }
 
 
+# Teachers train and compute their targets with this many torch threads, whatever the executor or
+# --threads: on a CPU the thread count changes the floats, and a teacher's cache key holds none, so
+# it must not vary (one key, one teacher). The sidecars record it.
+TEACHER_THREADS = 1
+
+
+@contextmanager
+def teacher_threads() -> Iterator[None]:
+    """TEACHER_THREADS torch threads while the body runs, then the caller's again."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TEACHER_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def default_teacher(dataset: str) -> str:
     try:
         return DEFAULT_TEACHERS[dataset]
@@ -71,8 +89,14 @@ def _split_identity(data: Splits) -> dict[str, Any]:
     return {k: info.get(k) for k in ("val_fraction", "split_seed", "max_train")} | {"dataset": data.name, "sizes": data.sizes()}
 
 
-def teacher_cache_key(arch: str, data: Splits, recipe: TeacherRecipe) -> str:
-    ident = {"arch": arch, "split": _split_identity(data), "recipe": dataclasses.asdict(recipe), "code": CODE_VERSION}
+def model_options(normalize: str | None) -> dict[str, Any]:
+    """Options of a teacher's `build_model(arch, **options)`: its input normalisation, when set."""
+    return {"normalize": normalize} if normalize is not None else {}
+
+
+def teacher_cache_key(arch: str, data: Splits, recipe: TeacherRecipe, normalize: str | None = None) -> str:
+    ident = {"arch": arch, "split": _split_identity(data), "recipe": dataclasses.asdict(recipe), "code": CODE_VERSION,
+             **model_options(normalize)}
     return f"{arch}-{data.name}-s{recipe.seed}-{key_hash(ident)}"
 
 
@@ -100,25 +124,28 @@ def train_teacher_model(model: nn.Module, data: Splits, recipe: TeacherRecipe, d
 
 
 def get_teacher(
-    arch: str, data: Splits, recipe: TeacherRecipe, device: torch.device, build_model, progress: bool | None = None
+    arch: str, data: Splits, recipe: TeacherRecipe, device: torch.device, build_model, progress: bool | None = None,
+    normalize: str | None = None,
 ) -> Teacher:
-    """The cached teacher for (arch, data split, recipe), training it (once, under a lock) if needed.
+    """The cached teacher for (arch, data split, recipe, normalisation), training it (once, under a lock) if needed.
 
-    `build_model(arch)` returns a fresh model on `device`.
+    `build_model(arch, **options)` returns a fresh model on `device`.
     """
-    key = teacher_cache_key(arch, data, recipe)
+    key = teacher_cache_key(arch, data, recipe, normalize)
     entry = CacheEntry("teachers", key)
+    options = model_options(normalize)
 
     def writer(tmp: Path) -> dict[str, Any]:
         seed_everything(recipe.seed)
-        model = build_model(arch)
-        metrics = train_teacher_model(model, data, recipe, device, progress)
+        model = build_model(arch, **options)
+        with teacher_threads():
+            metrics = train_teacher_model(model, data, recipe, device, progress)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         return {"arch": arch, "dataset": data.name, "recipe": dataclasses.asdict(recipe), "split": _split_identity(data),
-                "metrics": metrics, "source": "trained", "code_version": CODE_VERSION}
+                "metrics": metrics, "source": "trained", "code_version": CODE_VERSION, "threads": TEACHER_THREADS, **options}
 
     meta, _ = entry.get_or_build(writer)
-    model = build_model(arch)
+    model = build_model(arch, **options)
     state = load_file(str(entry.dir / "model.safetensors"), device=str(device))
     model.load_state_dict(state)
     return Teacher(_freeze(model), arch, key, _with_checksum(meta))
@@ -130,16 +157,22 @@ def _with_checksum(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta["info"], "weights_sha256": meta.get("files", {}).get("model.safetensors")}
 
 
-def import_teacher(path: Path, arch: str, data: Splits, device: torch.device, build_model) -> Teacher:
-    """Import a checkpoint (safetensors, or torch with weights_only=True: no pickle code runs) into the cache."""
+def import_teacher(path: Path, arch: str, data: Splits, device: torch.device, build_model, normalize: str | None = None) -> Teacher:
+    """Import a checkpoint (safetensors, or torch with weights_only=True: no pickle code runs) into the cache.
+
+    `normalize` is the input normalisation the weights were trained with (the model applies it to
+    kdbench's [0, 1] inputs); the cache key holds it, the file's checksum and the split."""
     from .models import load_weights
 
     path = Path(path)
     if not path.is_file():
         raise KdbenchError(f"teacher checkpoint '{path}' does not exist")
-    model = build_model(arch)
+    options = model_options(normalize)
+    model = build_model(arch, **options)
     load_weights(model, path)  # raises KdbenchError on unsafe pickles, wrong keys or shapes
-    key = f"{arch}-{data.name}-import-{key_hash({'file': str(path.resolve()), 'size': path.stat().st_size, 'mtime': path.stat().st_mtime})}"
+    checksum = sha256_file(path)
+    ident = {"file_sha256": checksum, "split": _split_identity(data), **options}
+    key = f"{arch}-{data.name}-import-{key_hash(ident)}"
     entry = CacheEntry("teachers", key)
 
     def writer(tmp: Path) -> dict[str, Any]:
@@ -147,7 +180,8 @@ def import_teacher(path: Path, arch: str, data: Splits, device: torch.device, bu
         test_acc = accuracy(predict(model, data.test.x), data.test.y)
         val_acc = accuracy(predict(model, data.val.x), data.val.y)
         return {"arch": arch, "dataset": data.name, "source": f"imported from {path}", "split": _split_identity(data),
-                "metrics": {"test_acc": test_acc, "val_acc": val_acc, "train_time_s": 0.0}, "code_version": CODE_VERSION}
+                "metrics": {"test_acc": test_acc, "val_acc": val_acc, "train_time_s": 0.0}, "code_version": CODE_VERSION,
+                "checkpoint_sha256": checksum, "normalize": normalize}
 
     meta, _ = entry.get_or_build(writer)
     return Teacher(_freeze(model), arch, key, _with_checksum(meta))
@@ -190,14 +224,14 @@ def teacher_targets(teacher: Teacher, data: Splits, split: str, device: torch.de
         view = dense_view(teacher.model)
         x = getattr(data, split).x
         feats, logits = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), teacher_threads():
             for i in range(0, len(x), batch_size):
                 f = view.features(x[i : i + batch_size])
                 feats.append(f.float().cpu())
                 logits.append(view.classifier(f).float().cpu())
         save_array(tmp, "features", torch.cat(feats).numpy())
         save_array(tmp, "logits", torch.cat(logits).numpy())
-        return {"teacher": teacher.key, "split": split, "n": len(x)}
+        return {"teacher": teacher.key, "split": split, "n": len(x), "threads": TEACHER_THREADS}
 
     _, built = entry.get_or_build(writer)
     seconds = time.perf_counter() - t0 if built else 0.0

@@ -14,7 +14,7 @@ smaller one (recorded in the run's deviations).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from kdbench.config import RunSpec
 from kdbench.engine import Batch, Step, snapshot
 from kdbench.errors import KdbenchError
-from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 from kdbench.models import place
 
 from .student import default_schedule
@@ -92,9 +92,9 @@ class FT(Method):
 
     @dataclass
     class Params:
-        beta: float = 500.0
-        k: float = 0.5
-        paraphraser_epochs: int = 3
+        beta: Annotated[float, Range(ge=0)] = 500.0
+        k: Annotated[float, Range(gt=0, le=1)] = 0.5
+        paraphraser_epochs: Annotated[int, Range(ge=1)] = 3
 
     @classmethod
     def schedule(cls, spec: RunSpec, params) -> Schedule:
@@ -107,8 +107,6 @@ class FT(Method):
 
         if spec.dataset in DATASETS and DATASETS.get(spec.dataset).modality != "image":
             raise KdbenchError(f"ft needs conv feature maps of images; dataset '{spec.dataset}' is text")
-        if params.beta < 0 or not 0 < params.k <= 1 or params.paraphraser_epochs < 1:
-            raise KdbenchError("ft: need beta >= 0, 0 < k <= 1 and paraphraser_epochs >= 1")
 
     def fit(self, ctx: Context) -> FitResult:
         p = self.params
@@ -135,7 +133,7 @@ class FT(Method):
 
         def loss(b: Batch) -> dict[str, torch.Tensor]:
             with torch.no_grad():
-                factor_t = para.encoder(teacher_fm(b.x))
+                factor_t = para.encoder(ctx.teacher_outputs(b).feature_map)
             fmap = student_fm(b.x)
             logits = student_logits(student, fmap, b.x)
             factor_s, factor_t = match_spatial(trans(fmap), factor_t)
@@ -166,8 +164,7 @@ def train_paraphraser(ctx: Context, para: Paraphraser, teacher_fm, x_val: torch.
     """Step 1: L1 reconstruction of frozen teacher feature maps; keep the epoch with the lowest val L1."""
 
     def loss(b: Batch) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            f = teacher_fm(b.x)
+        f = ctx.teacher_outputs(b).feature_map  # the teacher on this (possibly augmented) batch
         return {"recon_l1": F.l1_loss(para(f), f)}
 
     def evaluate() -> dict[str, float]:

@@ -1,14 +1,14 @@
-"""`kd`: Hinton et al. 2015 soft-target distillation from cached teacher logits."""
+"""`kd`: Hinton et al. 2015 soft-target distillation from the teacher's logits (cached; on each batch when augmented)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from torch.nn import functional as F
 
 from kdbench.config import RunSpec
 from kdbench.losses import kd_loss
-from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 
 from .student import default_schedule, fit_with_loss
 
@@ -20,8 +20,8 @@ class KD(Method):
 
     @dataclass
     class Params:
-        temperature: float = 4.0
-        alpha: float = 0.9
+        temperature: Annotated[float, Range(gt=0)] = 4.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.9
         reduction: Literal["batchmean", "mean"] = "batchmean"
 
     @classmethod
@@ -31,11 +31,10 @@ class KD(Method):
     def fit(self, ctx: Context) -> FitResult:
         p = self.params
         model = ctx.make_student()
-        teacher_logits = ctx.targets("train").logits
 
         def loss(b):
             z = model(b.x)
             return {"ce": (1 - p.alpha) * F.cross_entropy(z, b.y),
-                    "kd": p.alpha * kd_loss(z, teacher_logits[b.idx], p.temperature, p.reduction)}
+                    "kd": p.alpha * kd_loss(z, ctx.teacher_outputs(b).logits, p.temperature, p.reduction)}
 
         return fit_with_loss(ctx, model, loss, self.name)

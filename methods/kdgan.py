@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Callable, Literal
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from kdbench.config import RunSpec
 from kdbench.engine import Batch, Step, snapshot
 from kdbench.errors import KdbenchError
-from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 
 from .student import default_schedule
 
@@ -62,15 +62,17 @@ def gumbel_tau(step: int, total: int, start: float, end: float) -> float:
 class Players:
     """The three players and their per-batch losses, so tests can drive each step on fixed tensors."""
 
-    def __init__(self, student: nn.Module, disc: nn.Module, teacher: nn.Module | None, teacher_logits: torch.Tensor | None,
-                 a: float, b: float, g: float, tau: float = 1.0):
+    def __init__(self, student: nn.Module, disc: nn.Module, teacher: nn.Module | None,
+                 teacher_logits: torch.Tensor | Callable[[Batch], torch.Tensor] | None, a: float, b: float, g: float, tau: float = 1.0):
         if (teacher is None) == (teacher_logits is None):
-            raise ValueError("give either a trainable teacher or cached teacher logits")
+            raise ValueError("give either a trainable teacher or the frozen teacher's logits")
         self.student, self.disc, self.teacher, self.teacher_logits = student, disc, teacher, teacher_logits
         self.a, self.b, self.g, self.tau = a, b, g, tau
 
     def teacher_out(self, batch: Batch, grad: bool = False) -> torch.Tensor:
-        if self.teacher is None:
+        if self.teacher is None:  # frozen: cached rows, or a function of the batch (Context.teacher_outputs)
+            if callable(self.teacher_logits):
+                return self.teacher_logits(batch)
             return self.teacher_logits[batch.idx]
         if grad:
             return self.teacher(batch.x)
@@ -129,15 +131,15 @@ class KDGAN(Method):
     @dataclass
     class Params:
         variant: Literal["frozen-teacher", "three-player"] = "frozen-teacher"
-        a: float = 0.5
-        b: float = 1.0
-        g: float = 0.01
-        k_d: int = 2
-        k_t: int = 1
-        k_s: int = 1
-        tau_start: float = 1.0
-        tau_end: float = 0.1
-        pretrain_epochs: int = 1
+        a: Annotated[float, Range(ge=0, le=1)] = 0.5
+        b: Annotated[float, Range(ge=0)] = 1.0
+        g: Annotated[float, Range(ge=0)] = 0.01
+        k_d: Annotated[int, Range(ge=1)] = 2
+        k_t: Annotated[int, Range(ge=1)] = 1
+        k_s: Annotated[int, Range(ge=1)] = 1
+        tau_start: Annotated[float, Range(gt=0)] = 1.0
+        tau_end: Annotated[float, Range(gt=0)] = 0.1
+        pretrain_epochs: Annotated[int, Range(ge=0)] = 1
 
     @classmethod
     def schedule(cls, spec: RunSpec, params) -> Schedule:
@@ -145,15 +147,9 @@ class KDGAN(Method):
 
     @classmethod
     def validate(cls, spec: RunSpec, params) -> None:
-        super().validate(spec, params)
-        if not 0.0 <= params.a <= 1.0:
-            raise KdbenchError(f"kdgan: a must be in [0, 1], got {params.a}")
-        if min(params.k_d, params.k_t, params.k_s) < 1:
-            raise KdbenchError("kdgan: k_d, k_t and k_s must be >= 1")
-        if not 0 < params.tau_end <= params.tau_start:
-            raise KdbenchError(f"kdgan: need 0 < tau_end <= tau_start, got {params.tau_start} -> {params.tau_end}")
-        if params.pretrain_epochs < 0:
-            raise KdbenchError("kdgan: pretrain_epochs must be >= 0")
+        super().validate(spec, params)  # each parameter's own range: declared in Params, checked by build_params
+        if params.tau_end > params.tau_start:
+            raise KdbenchError(f"kdgan: need tau_end <= tau_start, got {params.tau_start} -> {params.tau_end}")
         if spec.epochs is not None and spec.epochs <= params.pretrain_epochs:
             raise KdbenchError(f"kdgan: --epochs {spec.epochs} leaves no adversarial epoch after {params.pretrain_epochs} pretraining epoch(s)")
 
@@ -166,7 +162,8 @@ class KDGAN(Method):
         if not frozen:  # a trainable copy of the cached teacher
             teacher = copy.deepcopy(ctx.teacher).requires_grad_(True)
         g = 0.0 if frozen else p.g
-        players = Players(student, disc, teacher, ctx.targets("train").logits if frozen else None, p.a, p.b, g, p.tau_start)
+        frozen_logits = (lambda b: ctx.teacher_outputs(b).logits) if frozen else None
+        players = Players(student, disc, teacher, frozen_logits, p.a, p.b, g, p.tau_start)
         modules = {"student": student, "disc": disc} | ({} if frozen else {"teacher": teacher})
         opts = {name: ctx.optimizer(m.parameters()) for name, m in modules.items()}
         evaluate = lambda: ctx.val_accuracy(student)  # noqa: E731
@@ -207,7 +204,8 @@ class KDGAN(Method):
         else:
             best_epoch = pre_best_epoch
         student.load_state_dict(best_state)
-        ctx.deviations.append(f"kdgan variant: {p.variant}" + (" (g = 0, no T steps, cached teacher logits)" if frozen else
+        source = "teacher logits on each augmented batch" if ctx.augmented else "cached teacher logits"
+        ctx.deviations.append(f"kdgan variant: {p.variant}" + (f" (g = 0, no T steps, {source})" if frozen else
                               f" (T starts from the cached teacher, then {pre_epochs} CE pretraining epoch(s) like S and D)"))
         ctx.deviations.append(f"kdgan: the {p.k_d} D updates of a batch reuse it with fresh Gumbel samples; players not "
                               "being updated run in train mode (dropout / BN statistics), the paper does not say")

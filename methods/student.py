@@ -16,8 +16,9 @@ PAPER_EPOCHS = 160  # TAKD's recipe for its plain CNN and ResNet students
 
 def paper_family(student: str) -> str | None:
     """'plain' / 'resnet' when the student is one of the TAKD paper's CNN families (its recipe applies)."""
-    for family in ("plain", "resnet"):
-        if student.startswith(family) and student[len(family):].isdigit():
+    for family, variants in (("plain", ("",)), ("resnet", ("", "b"))):  # resnet<d>b: option-B shortcuts
+        depth = student[len(family):]
+        if student.startswith(family) and any(depth.endswith(v) and depth[: len(depth) - len(v)].isdigit() for v in variants):
             return family
     return None
 

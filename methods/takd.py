@@ -1,5 +1,6 @@
 """`takd`: teacher-assistant KD (Mirzadeh et al., AAAI 2020): teacher -> assistant(s) -> student,
-every stage plain Hinton KD from the previous stage's val-best model (eval-mode logits, cached once).
+every stage plain Hinton KD from the previous stage's val-best model (eval-mode logits, cached once;
+with augmentation the previous stage runs on each augmented batch).
 
 Default assistant: the paper's where it has one (student plain2 -> plain4; resnet8 -> resnet14 on
 CIFAR-10, resnet20 on CIFAR-100). The MNIST family and the budget students have no paper TA, so the
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from kdbench.config import RunSpec
-from kdbench.engine import Step, accuracy, predict, snapshot
+from kdbench.engine import Batch, Step, accuracy, predict, snapshot
 from kdbench.errors import KdbenchError
 from kdbench.losses import kd_loss
-from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.method import BatchTargets, Context, FitResult, Method, Range, Schedule, register_method
 
 from .student import default_schedule, lr_factor, paper_family, schedule_note
 
@@ -32,10 +34,18 @@ def default_assistants(spec: RunSpec) -> list[str]:
     if family == "plain":
         return ["plain4"]
     if family == "resnet":
-        return ["resnet20" if spec.dataset.startswith("cifar100") else "resnet14"]
+        suffix = "b" if spec.student.endswith("b") else ""  # the assistant keeps the student's shortcut type
+        return [("resnet20" if spec.dataset.startswith("cifar100") else "resnet14") + suffix]
     if spec.student == "auto":
         return [AUTO]
     raise KdbenchError(f"takd has no default assistant for student '{spec.student}'; pass --param assistants=NAME[,NAME]")
+
+
+def note_option_a(ctx: Context, model: nn.Module | None, label: str) -> None:
+    """TAKD's CIFAR ResNets have option-B shortcuts: a run on option-A nets says so in its deviations."""
+    if getattr(model, "shortcut_type", None) == "A":
+        ctx.deviations.append(f"takd: {label} has option-A (zero-padding) shortcuts; TAKD's ResNets use option B "
+                              "(1x1 conv + BN: the resnet<d>b models)")
 
 
 def per_stage(values: list[float] | None, default: float, n: int, name: str) -> list[float]:
@@ -56,8 +66,8 @@ class TAKD(Method):
     @dataclass
     class Params:
         assistants: list[str] | None = None  # zoo names or "auto"; None = the paper's TA / auto (see module doc)
-        temperatures: list[float] | None = None  # per stage (1 value = every stage); None = 4.0
-        alphas: list[float] | None = None  # per stage; None = 0.9
+        temperatures: Annotated[list[float] | None, Range(gt=0)] = None  # per stage (1 value = every stage); None = 4.0
+        alphas: Annotated[list[float] | None, Range(ge=0, le=1)] = None  # per stage; None = 0.9
         code_faithful: bool = False  # KL 'mean' (1/K of batchmean) and the official ResNet lr schedule
 
     @classmethod
@@ -72,11 +82,7 @@ class TAKD(Method):
             raise KdbenchError("takd: assistant 'auto' sizes the budget student family; with --student NAME pass zoo names")
         n = len(assistants) + 1
         for name, values in (("temperatures", params.temperatures), ("alphas", params.alphas)):
-            per_stage(values, 1.0, n, name)
-        if any(t <= 0 for t in params.temperatures or []):
-            raise KdbenchError("takd: temperatures must be > 0")
-        if any(not 0.0 <= a <= 1.0 for a in params.alphas or []):
-            raise KdbenchError("takd: alphas must be in [0, 1]")
+            per_stage(values, 1.0, n, name)  # one value or one per stage; each value's range is declared in Params
 
     def fit(self, ctx: Context) -> FitResult:
         p = self.params
@@ -89,8 +95,8 @@ class TAKD(Method):
         ctx.deviations.append(f"takd {schedule_note(family, p.code_faithful)}")
         ctx.deviations.append("takd: stages select their val-best epoch (the official code reported best-over-epochs on test)")
 
-        x_train, _ = ctx.split("train")
-        soft = ctx.targets("train").logits
+        note_option_a(ctx, ctx.teacher, "the teacher")
+        teach = ctx.teacher_outputs  # stage 0: the run's teacher; later stages: the previous val-best assistant
         student = ctx.make_student()
         stages: list[dict] = []
         for i, arch in enumerate(assistants + ["student"]):
@@ -104,14 +110,14 @@ class TAKD(Method):
                                       f"{sized['params']} params (geometric mean of teacher and student)")
             else:
                 model, label = ctx.make_model(arch), arch
-            result, last = train_stage(ctx, model, soft, temps[i], alphas[i], reduction, family, p.code_faithful, f"takd[{i}] {label}")
+            note_option_a(ctx, model, label)
+            result, last = train_stage(ctx, model, teach, temps[i], alphas[i], reduction, family, p.code_faithful, f"takd[{i}] {label}")
             info = {"stage": i, "arch": label, "temperature": temps[i], "alpha": alphas[i], "params": count(model),
                     "val_acc": result.best_score, "best_epoch": result.best_epoch, "train_time_s": result.train_time_s}
             if not last_stage:  # assistant: its val-best logits (eval mode) teach the next stage
                 x_test, y_test = ctx.split("test")
                 info["test_acc"] = accuracy(predict(model, x_test), y_test)  # reported only, never selected on
-                soft = predict(model, x_train).clone()
-                del model
+                teach = ctx.stage_teacher(model)
             stages.append(info)
         metrics = {"takd_stages": stages, "reduction": reduction, "code_faithful": p.code_faithful,
                    "best_epoch": stages[-1]["best_epoch"]}
@@ -121,13 +127,14 @@ class TAKD(Method):
         return FitResult(student, last, snapshot(student), result.history, metrics=metrics)
 
 
-def train_stage(ctx: Context, model: nn.Module, soft: torch.Tensor, temperature: float, alpha: float, reduction: str,
-                family: str | None, code_faithful: bool, desc: str):
-    """One KD stage; returns (train result, last-epoch state) and leaves `model` at its val-best state."""
+def train_stage(ctx: Context, model: nn.Module, teach: Callable[[Batch], BatchTargets], temperature: float, alpha: float,
+                reduction: str, family: str | None, code_faithful: bool, desc: str):
+    """One KD stage from `teach(batch).logits`; returns (train result, last-epoch state) and leaves
+    `model` at its val-best state."""
 
     def loss(b):
         z = model(b.x)
-        return {"ce": (1 - alpha) * F.cross_entropy(z, b.y), "kd": alpha * kd_loss(z, soft[b.idx], temperature, reduction)}
+        return {"ce": (1 - alpha) * F.cross_entropy(z, b.y), "kd": alpha * kd_loss(z, teach(b).logits, temperature, reduction)}
 
     opt = ctx.optimizer(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, code_faithful, ctx.schedule.epochs))

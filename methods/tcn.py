@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from kdbench.data.base import DataSpec
 from kdbench.engine import Step, accuracy, predict, train
 from kdbench.errors import KdbenchError
 from kdbench.measure import latency_ms, parallel_latency_ms
-from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 from kdbench.tcn_fuse import FusedConcat, Grouped, Single, load_tensors, stack, structure_key
 
 MNIST_FF_EPOCHS = {1: 20, 2: 10, 4: 10, 8: 20}  # the official notebooks, per n
@@ -194,12 +194,12 @@ class TCN(Method):
     @dataclass
     class Params:
         gan_variant: Literal["code-faithful", "paper-intent"] = "code-faithful"
-        lam: float = 1.0  # paper-intent weight of MSE(S(x), t) in the G step
+        lam: Annotated[float, Range(ge=0)] = 1.0  # paper-intent weight of MSE(S(x), t) in the G step
         g_step_bn: Literal["inference", "batch"] = "inference"  # D's BN in the G step (Keras: inference)
-        d_bn_momentum: float = 0.99  # Keras convention (torch momentum = 1 - this)
-        d_bn_eps: float = 1e-3  # Keras default
+        d_bn_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.99  # Keras convention (torch momentum = 1 - this)
+        d_bn_eps: Annotated[float, Range(gt=0)] = 1e-3  # Keras default
         finetune: bool = True
-        finetune_epochs: int = 5
+        finetune_epochs: Annotated[int, Range(ge=0)] = 5  # >= 1 when finetune (validate)
         fused: Literal["auto"] | bool = "auto"  # auto: fuse where it is faster (see fuse_students)
 
     @classmethod
@@ -216,10 +216,6 @@ class TCN(Method):
         super().validate(spec if spec.mode is not None else spec.replace(mode="ff"), params)
         if params.finetune and params.finetune_epochs < 1:
             raise KdbenchError(f"tcn: finetune_epochs must be >= 1 when finetune=true, got {params.finetune_epochs}")
-        if params.lam < 0:
-            raise KdbenchError(f"tcn: lam must be >= 0, got {params.lam}")
-        if not 0.0 <= params.d_bn_momentum < 1.0 or params.d_bn_eps <= 0:
-            raise KdbenchError(f"tcn: d_bn_momentum must be in [0, 1) and d_bn_eps > 0, got {params.d_bn_momentum}, {params.d_bn_eps}")
         width = teacher_width_hint(spec)
         if width is not None:
             chunk_sizes(width, spec.n_students)
@@ -241,9 +237,11 @@ class TCN(Method):
             ctx.deviations.append(f"tcn: {n} does not divide the dense width {view.dim}; numpy.array_split chunks {sizes}")
         if spec.val_fraction is not None and abs(spec.val_fraction - OFFICIAL_VAL_FRACTION) > 1e-9:
             ctx.deviations.append(f"tcn: val fraction {spec.val_fraction} (the official code uses an 80/20 split)")
-        feats_tr, feats_val = ctx.targets("train").features, ctx.targets("val").features
-        if feats_tr.shape[1] != view.dim:
-            raise KdbenchError(f"cached teacher features are {feats_tr.shape[1]}-d, the teacher's dense width is {view.dim}")
+        feats_val = ctx.targets("val").features  # training batches read theirs through ctx.teacher_outputs
+        if feats_val.shape[1] != view.dim:
+            raise KdbenchError(f"cached teacher features are {feats_val.shape[1]}-d, the teacher's dense width is {view.dim}")
+        if ctx.augmented and p.finetune:
+            ctx.deviations.append("tcn: the head is fine-tuned on the students' outputs on clean (not augmented) train images")
 
         students, discs = [], []
         for j, w in enumerate(sizes):  # seeded per student: the fused and sequential paths start equal
@@ -256,7 +254,7 @@ class TCN(Method):
         history: list[dict[str, Any]] = []
         fusion: list[str] = []
         for members in groups:
-            res, rows, kind = self._train_group(ctx, mode, members, students, discs, bounds, feats_tr, feats_val)
+            res, rows, kind = self._train_group(ctx, mode, members, students, discs, bounds, feats_val)
             trained.update(res)
             history += rows
             fusion.append(kind)
@@ -294,7 +292,7 @@ class TCN(Method):
             by_key.setdefault(structure_key(s), []).append(j)
         return list(by_key.values())
 
-    def _train_group(self, ctx: Context, mode: str, members: list[int], students, discs, bounds, feats_tr, feats_val):
+    def _train_group(self, ctx: Context, mode: str, members: list[int], students, discs, bounds, feats_val):
         """Train the students `members` (one, or several fused) with the shared loop; per-student
         val-best. Returns their outcomes, history rows and how they ran (single / grouped / vmap)."""
         p = self.params
@@ -302,10 +300,9 @@ class TCN(Method):
         wrap = stack if k > 1 else (lambda ms, bi: Single(ms[0], bi))
         s = wrap([students[j] for j in members], False).to(ctx.device)
         d = wrap([discs[j] for j in members], True).to(ctx.device) if mode == "gan" else None
-        cols = torch.stack([torch.arange(*bounds[j]) for j in members]).to(feats_tr.device)  # (k, w)
-        tgt_tr = feats_tr[:, cols]  # (N, k, w)
+        cols = torch.stack([torch.arange(*bounds[j]) for j in members]).to(feats_val.device)  # (k, w)
         tgt_val = feats_val[:, cols].transpose(0, 1)  # (k, Nv, w)
-        target = lambda b: tgt_tr[b.idx].transpose(0, 1)  # noqa: E731
+        target = lambda b: ctx.teacher_outputs(b).features[:, cols].transpose(0, 1)  # noqa: E731  (k, B, w)
 
         opt_s = ctx.optimizer(s.parameters())
         if d is not None:

@@ -69,6 +69,10 @@ def files(tmp_path: Path, monkeypatch) -> Path:
     (f / "empty.pt").write_bytes(b"")
     (f / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
     (f / "unreadable").symlink_to(_unreadable(f))
+    (f / "loop").symlink_to(f / "loop")  # a symlink loop
+    (f / "random.pt").write_bytes(bytes(range(7, 256)) * 16)  # no pickle of any object: just bytes
+    (f / "latin1.yaml").write_bytes("method: kd\ndataset: digits\nout: r\xe9sultats\n".encode("latin-1"))
+    (f / "dupkey.yaml").write_text("method: kd\ndataset: digits\nmethod: tcn\n")
     return f
 
 
@@ -121,6 +125,13 @@ CASES = [
     ("param-bad-key", f"run --method kd {OK} --param 1x=2", r"--param key '1x' is not a valid name"),
     ("param-empty-key", f"run --method kd {OK} --param =2", r"--param key '' is not a valid name"),
     ("param-literal", f"run --method kd {OK} --param reduction=sum", r"'reduction' of 'kd' must be one of"),
+    # parameters outside their declared Range (kd temperature=0 used to fail in epoch 1, -4 / alpha=2 to finish "ok")
+    ("param-range-zero", f"run --method kd {OK} --param temperature=0", r"'temperature' of 'kd' must be > 0, got 0"),
+    ("param-range-negative", f"run --method kd {OK} --param temperature=-4", r"'temperature' of 'kd' must be > 0, got -4"),
+    ("param-range-alpha", f"run --method kd {OK} --param alpha=2", r"'alpha' of 'kd' must be in \[0, 1\], got 2"),
+    ("sweep-param-range", f"sweep --method kd,student {OK} --param alpha=-0.5", r"'alpha' of 'kd' must be in \[0, 1\]"),
+    ("param-range-list-item", f"run --method takd {OK} --param temperatures=[4,0]", r"'temperatures' of 'takd' must be > 0, got 0"),
+    ("param-range-int", f"run --method ft {OK} --param paraphraser_epochs=0", r"'paraphraser_epochs' of 'ft' must be >= 1"),
     ("sweep-param-typo", f"sweep --method kd,student {OK} --param tempreature=2", r"has parameter 'tempreature'; did you mean 'temperature'"),
     ("sweep-param-other-method", f"sweep --method kd {OK} --param tcn.lam=2", r"parameter 'tcn.lam' is for method 'tcn'"),
     ("mode-for-kd", f"run --method kd {OK} --mode gan", r"does not take --mode gan"),
@@ -135,8 +146,13 @@ CASES = [
     ("address-without-ray", f"sweep --method kd {OK} --address 10.0.0.1:6379", r"--address is for --executor ray"),
     ("no-method", f"run {OK}", r"--method is required"),
     # paths that do not exist, files of the wrong kind or format, empty files, no permission
-    ("missing-data", "run --method kd --dataset mnist --data-root {f}/nowhere", r"dataset 'mnist' not found: .*to get it"),
-    ("sweep-missing-data", "sweep --method kd --dataset mnist --data-root {f}/nowhere", r"dataset 'mnist' not found: .*to get it"),
+    ("missing-data", "run --method kd --dataset mnist --data-root {f}", r"dataset 'mnist' not found: .*to get it"),
+    ("sweep-missing-data", "sweep --method kd --dataset mnist --data-root {f}", r"dataset 'mnist' not found: .*to get it"),
+    ("data-root-missing", "run --method kd --dataset mnist --data-root {f}/nowhere", r"--data-root '.*/nowhere' does not exist"),
+    ("sweep-data-root-missing", "sweep --method kd --dataset mnist --data-root {f}/nowhere", r"--data-root .* does not exist"),
+    ("data-root-missing-package-data", f"run --method kd {OK} --data-root {{f}}/nowhere", r"--data-root .* does not exist"),
+    ("data-root-is-file", "run --method kd --dataset mnist --data-root {f}/afile", r"--data-root .* is not a directory"),
+    ("data-root-symlink-loop", "sweep --method kd --dataset mnist --data-root {f}/loop", r"--data-root .* is a symlink loop"),
     ("teacher-file-missing", "run --method kd --dataset digits --teacher file:plain2={f}/nowhere.pt", r"teacher checkpoint .* does not exist"),
     ("out-is-file", f"run --method kd {OK} --out {{f}}/afile", r"--out .* exists and is not a directory"),
     ("out-under-file", f"run --method kd {OK} --out {{f}}/afile/sub", r"cannot be created: .* is not a directory"),
@@ -158,10 +174,20 @@ CASES = [
     ("config-wrong-type-students", "sweep --config {f}/wrongtype2.yaml", r"field 'students'"),
     ("config-unknown-field", "sweep --config {f}/unknown.yaml", r"unknown sweep field 'datset'; did you mean 'dataset'"),
     ("config-unreadable", "sweep --config {f}/unreadable", r"cannot read sweep config"),
+    ("config-not-utf8", "sweep --config {f}/latin1.yaml", r"sweep config .* is not UTF-8 text \(byte 0xe9 at offset \d+\)"),
+    ("config-duplicate-key", "sweep --config {f}/dupkey.yaml", r"duplicate key 'method' \(first at line 1\) at line 3"),
+    ("sweep-report-name", f"sweep --method kd {OK} --report --report-name ../up", r"report name '../up' must be"),
+    ("sweep-report-name-dry-run", f"sweep --method kd {OK} --report --report-name 'a b' --dry-run", r"report name 'a b'"),
     ("checkpoint-missing", "teacher import --dataset digits --arch plain2 {f}/nowhere.pt", r"does not exist"),
     ("checkpoint-text", "teacher import --dataset digits --arch plain2 {f}/text.pt", r"cannot read weights .*not a torch"),
     ("checkpoint-empty", "teacher import --dataset digits --arch plain2 {f}/empty.pt", r"weights file .* is empty"),
     ("checkpoint-bad-safetensors", "teacher import --dataset digits --arch plain2 {f}/junk.safetensors", r"cannot read weights"),
+    ("checkpoint-random-bytes", "teacher import --dataset digits --arch plain2 {f}/random.pt",
+     r"^(?!.*pickled).*cannot read weights .*not a torch .*checkpoint \(corrupt or another format"),
+    # argparse errors of a subcommand: one "kdbench: error:" prefix, not "kdbench: error: kdbench sweep: ..."
+    ("subcommand-bad-int", f"sweep --method kd {OK} --workers x", r"^kdbench: error: argument --workers: invalid int value"),
+    ("subcommand-unknown-option", f"sweep --method kd {OK} --frobnicate", r"^kdbench: error: unrecognized arguments: --frobnicate \(see `kdbench sweep --help`\)"),
+    ("run-no-method-prefix", f"run {OK}", r"^kdbench: error: --method is required"),
     ("report-missing-dir", "report {f}/nowhere", r"does not exist"),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -88,7 +89,8 @@ def test_comparable_keeps_results_and_drops_timings():
 def test_memory_mapped_targets_are_found_and_shared_between_processes(tmp_path):
     path = tmp_path / "features.npy"
     np.save(path, np.random.default_rng(0).random((2048, 1024), dtype=np.float32))  # 8 MiB
-    with pytest.warns(UserWarning):  # torch warns that the read-only map is not writable
+    with warnings.catch_warnings():  # torch warns (once per process) that the read-only map is not writable
+        warnings.simplefilter("ignore", UserWarning)
         mapped = torch.from_numpy(np.load(path, mmap_mode="r"))
     assert bench.mapped_file(mapped) == str(path)
     assert bench.mapped_file(torch.zeros(10)) is None

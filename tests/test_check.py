@@ -8,7 +8,6 @@ rerun passes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import re
@@ -36,9 +35,8 @@ def write_run(out: Path, method: str, mode: str | None, n: int, seed: int, acc: 
               status: str = "ok", epochs: int = 2, params_changed: dict | None = None, threads: int = 2) -> None:
     spec = {"method": method, "dataset": dataset, "mode": mode, "n_students": n, "seed": seed, "epochs": epochs,
             "max_train": 6000, "device": "cpu", "params_changed": params_changed or {}}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     metrics = {} if acc is None else {"test_acc_valbest": acc, "test_acc": acc - 0.05}
-    rec = {"run_key": f"{method}-{mode}-n{n}-{dataset}-s{seed}-{digest}", "status": status, "spec": spec,
+    rec = {"run_key": store.spec_key(spec, "test"), "status": status, "spec": spec,
            "metrics": metrics if status == "ok" else {}, "code_version": "test",
            "env": {"torch": "2.x", "device": "cpu", "gpu": None, "cpu": "a test CPU", "threads": threads}}
     if status != "ok":
@@ -159,7 +157,7 @@ def test_failed_runs_make_a_cell_missing(baseline, tmp_path, capsys):
     rc, out, _ = run_cli(capsys, "check", str(new), "--baseline", str(baseline))
     assert rc == 1
     assert "missing" in row_of(out, "kd n=1 mnist")
-    assert "4 failed run(s), no ok run" in out
+    assert "no usable run: 4 run(s) without a usable value: seed 0: failed run; seed 1: failed run" in out
 
 
 def test_single_seed_falls_back_to_the_min_effect_rule(tmp_path, capsys):

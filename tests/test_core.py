@@ -31,12 +31,21 @@ def test_same_spec_same_key_and_every_field_changes_it():
     changes = {"dataset": "fashion-mnist", "params": {"temperature": 2.0}, "teacher": "x", "student": "y",
                "budget": "repo", "n_students": 2, "mode": "ff", "epochs": 3, "batch_size": 64, "lr": 0.1,
                "seed": 1, "val_fraction": 0.2, "split_seed": 3, "max_train": 100, "device": "cuda",
-               "teacher_recipe": TeacherRecipe(epochs=1)}
+               "teacher_recipe": TeacherRecipe(epochs=1), "augment": "crop-flip", "teacher_normalize": "imagenet"}
     assert set(changes) | {"method"} == {f.name for f in dataclasses.fields(RunSpec)}
     keys = {run_key(base)}
     for field, value in changes.items():
         keys.add(run_key(_canon(**{field: value})))
     assert len(keys) == len(changes) + 1
+
+
+def test_late_fields_at_their_default_leave_old_run_keys_unchanged():
+    from kdbench.config import LATE_FIELDS
+
+    canon = _canon()
+    assert not set(LATE_FIELDS) & set(canon)  # so the keys of records made before these fields existed still match
+    assert RunSpec.from_dict(canon) == RunSpec(method="kd")
+    assert _canon(augment="crop-flip")["augment"] == "crop-flip"
 
 
 def test_spec_roundtrip_through_dict():
@@ -192,18 +201,23 @@ def test_accuracy_top1_top5_and_binary():
 
 # ---- records ----------------------------------------------------------------------------------
 def test_records_atomic_roundtrip_and_partial_files_ignored(tmp_path):
-    rec = {"run_key": "k1", "status": "ok", "spec": {"method": "kd", "dataset": "mnist", "seed": 0,
-           "params_changed": {"temperature": 2.0}}, "metrics": {"test_acc": 97.5, "latency": {"b1": {"fused": 1.0}}}}
+    spec1 = {"method": "kd", "dataset": "mnist", "seed": 0, "params_changed": {"temperature": 2.0}}
+    spec2 = {"method": "kd", "dataset": "mnist", "seed": 1}
+    k1, k2 = store.spec_key(spec1, "test"), store.spec_key(spec2, "test")  # records are validated: real keys
+    rec = {"run_key": k1, "status": "ok", "spec": spec1, "code_version": "test",
+           "metrics": {"test_acc": 97.5, "latency": {"b1": {"fused": 1.0}}}}
     store.write_record(tmp_path, rec)
-    store.write_record(tmp_path, {"run_key": "k2", "status": "failed", "spec": {"method": "kd"}, "error": {"message": "boom"}})
+    store.write_record(tmp_path, {"run_key": k2, "status": "failed", "spec": spec2, "code_version": "test", "metrics": {},
+                                  "error": {"message": "boom"}})
     (tmp_path / "k3.json").write_text('{"run_key": "k3", "status": "ok", "spe')  # half-written by a killed process
     (tmp_path / ".k4.json.abc.tmp").write_text("{}")
-    assert store.is_done(tmp_path, "k1") and not store.is_done(tmp_path, "k2") and not store.is_done(tmp_path, "k3")
-    df = store.load_results(tmp_path)
-    assert list(df["run_key"]) == ["k1"]
+    assert store.is_done(tmp_path, k1) and not store.is_done(tmp_path, k2) and not store.is_done(tmp_path, "k3")
+    with pytest.warns(UserWarning, match="k3.json"):
+        df = store.load_results(tmp_path)
+    assert list(df["run_key"]) == [k1]
     assert df.loc[0, "latency.b1.fused"] == 1.0 and df.loc[0, "variant"] == "temperature=2.0"
     assert len(store.load_results(tmp_path, include_failed=True)) == 2
-    assert math.isclose(json.loads((tmp_path / "k1.json").read_text())["metrics"]["test_acc"], 97.5)
+    assert math.isclose(json.loads((tmp_path / f"{k1}.json").read_text())["metrics"]["test_acc"], 97.5)
 
 
 def test_resolve_fills_a_moded_methods_default_mode():

@@ -543,6 +543,7 @@ def test_unknown_dataset_did_you_mean():
 
 
 def test_missing_data_message(tmp_path):
+    (tmp_path / "mine").mkdir()  # an explicit root must exist (one that does not is its own error)
     with pytest.raises(KdbenchError) as e:
         load_dataset("mnist", tmp_path / "mine")
     msg = str(e.value)

@@ -1,7 +1,10 @@
-"""Executors: resume after kill -9, the local process pool (failures, crashes, shared teachers), Ray."""
+"""Executors: resume after kill -9, the local process pool (failures, crashes, shared teachers), one
+teacher whatever the executor, concurrent sweeps that split the runs, Ray."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,3 +102,107 @@ def test_pool_workers_take_the_visible_gpus_in_turn():
     assert [gpu_for_worker(i, 4, None) for i in range(5)] == ["0", "1", "2", "3", "0"]
     assert [gpu_for_worker(i, 2, "5,7") for i in range(3)] == ["5", "7", "5"]  # the user's selection is kept
     assert gpu_for_worker(0, 1, None) is None and gpu_for_worker(3, 0, None) is None  # one or no GPU: untouched
+
+
+def test_teacher_is_the_same_whatever_the_executor(tmp_path, monkeypatch):
+    """One run key, one result: `--workers 1` trains the teacher inside the run (at `--threads 1`),
+    `--workers 2` in the parent (whose torch threads are many on a big machine). Both use the fixed,
+    recorded TEACHER_THREADS, so fresh caches give identical teacher weights and records."""
+    import torch
+
+    from kdbench.teachers import TEACHER_THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # the parent's default on a 4-core machine: other floats than 1 thread
+    try:
+        recs = {}
+        for workers in (1, 2):
+            monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / f"cache{workers}"))
+            res = api.sweep(["kd"], seeds=1, workers=workers, threads=1, out=tmp_path / f"w{workers}", latency=False,
+                            log=None, **FAST)
+            assert res.ok and len(res.records) == 1
+            recs[workers] = res.records[0]
+    finally:
+        torch.set_num_threads(before)
+    assert recs[1]["teacher"]["weights_sha256"] == recs[2]["teacher"]["weights_sha256"]
+    assert recs[1]["teacher"]["threads"] == TEACHER_THREADS
+    assert comparable(recs[1]) == comparable(recs[2])
+
+
+def test_a_run_lock_held_by_a_dead_process_is_free(tmp_path):
+    """The claim is an flock: held by a live process, it is refused (or waited for); once that process
+    is SIGKILLed the OS has dropped it, and nothing stale blocks a resume."""
+    from kdbench.executors import LOCK_DIR, claim
+
+    lock = tmp_path / LOCK_DIR / "k.lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claim(tmp_path, "k") as mine:
+            assert not mine
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with claim(tmp_path, "k") as mine:
+        assert mine
+        with claim(tmp_path, "k") as again:  # another claim (another process, another machine) is refused
+            assert not again
+
+
+# Two sweeps into one directory: both plan every run as to do (a barrier after planning), then each
+# run is computed once in all. Pool workers run this script's top level too (as __mp_main__), so
+# the hook counts their runs as well.
+SPLITTER = """
+import json, os, sys, time
+from pathlib import Path
+import kdbench.api as api, kdbench.runner as runner
+
+LOG, BARRIER = Path(os.environ["HOOK_LOG"]), Path(os.environ["HOOK_BARRIER"])
+real_plan, real_execute = api.plan, runner.execute
+
+def plan(*a, **k):
+    planned = real_plan(*a, **k)
+    (BARRIER / str(os.getpid())).touch()
+    deadline = time.time() + 300
+    while len(list(BARRIER.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    return planned
+
+def execute(spec, out_dir, **k):
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "key": k["resolved"].key}) + "\\n")
+    return real_execute(spec, out_dir, **k)
+
+api.plan, runner.execute = plan, execute
+if __name__ == "__main__":
+    from kdbench.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_concurrent_sweeps_into_one_directory_split_the_runs(tmp_path):
+    """Two sweeps of the same grid into one --out at the same moment (one in-process, one on a pool):
+    every run is computed exactly once in total, each record is complete and ok, and the two
+    sweeps' `run now` counts add up to the grid."""
+    script, hook_log, barrier = tmp_path / "splitter.py", tmp_path / "hook.jsonl", tmp_path / "barrier"
+    script.write_text(SPLITTER)
+    barrier.mkdir()
+    out, n = tmp_path / "out", 6
+    argv = ["sweep", "--method", "student", "--seeds", str(n), "--dataset", "digits", "--epochs", "2", "--max-train", "300",
+            "--no-latency", "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "HOOK_LOG": str(hook_log), "HOOK_BARRIER": str(barrier), "KDBENCH_PROGRESS": "0",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, str(script), *argv, "--workers", str(w)], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for w in (1, 2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert len(list(barrier.iterdir())) == 2  # both planned all runs before either ran one
+    computed = [json.loads(line)["key"] for line in hook_log.read_text().splitlines()]
+    recs = records(out)
+    assert len(recs) == n and all(r["status"] == "ok" for r in recs.values())
+    assert sorted(computed) == sorted(recs), "a run was computed twice, or not at all"
+    ran = [int(re.search(rf"{n} runs, (\d+) run now", text).group(1)) for text in outputs]
+    assert sum(ran) == n, outputs

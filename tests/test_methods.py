@@ -1,4 +1,4 @@
-"""Golden-value tests of the losses of student, kd, takd, kdgan and ft.
+"""Golden-value tests of the losses of student, kd, takd, kdgan and ft, and of the methods' parameter checks.
 
 Expected values are computed independently in the test (plain Python floats / explicit formulas on
 fixed inputs), never by calling the function under test. The methods' own loss closures are reached
@@ -7,6 +7,7 @@ by running `fit` on a context whose `train` captures the steps instead of traini
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -17,8 +18,9 @@ from kdbench.data.base import DataSpec, Split, Splits
 from kdbench.engine import Batch, snapshot
 from kdbench.errors import KdbenchError
 from kdbench.losses import kd_loss
-from kdbench.method import Context, Schedule, Targets, get_method
+from kdbench.method import Context, Schedule, Targets, get_method, load_methods, param_ranges
 from kdbench.models.protocol import StagedNet
+from kdbench.runner import resolve
 
 # ---------------------------------------------------------------- helpers
 
@@ -215,11 +217,10 @@ def test_takd_table1_baselines_share_the_takd_schedule(student):
 
 @pytest.mark.parametrize("params,student", [
     ({"assistants": ["plain4"], "alphas": [0.9, 0.9, 0.9]}, "plain2"),
-    ({"temperatures": [0.0]}, "auto"),
-    ({"alphas": [1.5]}, "auto"),
     ({}, "mystery-net"),
 ])
 def test_takd_validate_rejects_impossible_inputs(params, student):
+    """Context checks (values per stage, default assistant); each value's range: test_declared_ranges_*."""
     from kdbench.methods.takd import TAKD
 
     with pytest.raises(KdbenchError):
@@ -341,11 +342,13 @@ def test_kdgan_runs_and_reaches_final_temperature():
 
 
 def test_kdgan_validate():
+    """Cross-field checks; `a` out of [0, 1] and the other ranges: test_declared_ranges_*."""
     K = get_method("kdgan")
-    with pytest.raises(KdbenchError):
+    with pytest.raises(KdbenchError, match="no adversarial epoch"):
         K.validate(RunSpec(method="kdgan", dataset="mnist", epochs=1), K.Params(pretrain_epochs=1))
-    with pytest.raises(KdbenchError):
-        K.validate(RunSpec(method="kdgan", dataset="mnist"), K.Params(a=2.0))
+    with pytest.raises(KdbenchError, match=r"need tau_end <= tau_start, got 0\.1 -> 0\.5"):
+        K.validate(RunSpec(method="kdgan", dataset="mnist"), K.Params(tau_start=0.1, tau_end=0.5))
+    K.validate(RunSpec(method="kdgan", dataset="mnist"), K.Params(tau_start=0.5, tau_end=0.5))  # constant is fine
 
 
 # ---------------------------------------------------------------- ft
@@ -431,3 +434,52 @@ def test_ft_refuses_text_datasets():
     FT = get_method("ft")
     with pytest.raises(KdbenchError, match="text"):
         FT.validate(RunSpec(method="ft", dataset="imdb-5k"), FT.Params())
+
+
+# ---------------------------------------------------------------- parameter ranges
+
+# The bounds the methods' validate() used to check by hand, now declared as Range in their Params:
+# (method, parameter, values refused, edge values accepted). Refused at plan time (resolve), one line.
+DECLARED_RANGES = [
+    ("ft", "beta", [-1.0], [0.0]),
+    ("ft", "k", [0.0, 1.5], [1.0, 1e-6]),
+    ("ft", "paraphraser_epochs", [0], [1]),
+    ("kdgan", "a", [-0.1, 2.0], [0.0, 1.0]),
+    ("kdgan", "k_d", [0], [1]),
+    ("kdgan", "k_t", [0], [1]),
+    ("kdgan", "k_s", [0], [1]),
+    ("kdgan", "tau_start", [0.0, -1.0], [5.0]),
+    ("kdgan", "tau_end", [0.0, -0.1], [1e-6]),
+    ("kdgan", "pretrain_epochs", [-1], [0]),
+    ("takd", "temperatures", [[0.0], [4.0, -1.0]], [[1e-6]]),
+    ("takd", "alphas", [[1.5], [0.9, -0.1]], [[0.0], [1.0]]),
+    ("tcn", "lam", [-1.0], [0.0]),
+    ("tcn", "d_bn_momentum", [-0.1, 1.0], [0.0, 0.999]),
+    ("tcn", "d_bn_eps", [0.0, -1e-3], [1e-9]),
+]
+
+
+@pytest.mark.parametrize("method,key,bad,edge", DECLARED_RANGES, ids=[f"{m}-{k}" for m, k, _, _ in DECLARED_RANGES])
+def test_declared_ranges_are_refused_at_plan_time_with_the_old_bounds(method, key, bad, edge):
+    """Each range check removed from a validate() is declared with the same bounds: resolving a spec
+    (before anything trains) refuses a value outside in one line naming the parameter, and accepts the edge."""
+    assert key in param_ranges(get_method(method))
+    for value in bad:
+        with pytest.raises(KdbenchError) as err:
+            resolve(RunSpec(method=method, dataset="digits", params={key: value}))
+        assert f"parameter '{key}' of '{method}' must be " in str(err.value) and "\n" not in str(err.value)
+    for value in edge:
+        assert getattr(resolve(RunSpec(method=method, dataset="digits", params={key: value})).params, key) == value
+
+
+def test_list_methods_shows_each_range_next_to_its_default(capsys):
+    from kdbench.cli import main
+
+    assert main(["list", "methods"]) == 0
+    cells = {row[1].strip(): row[4].strip() for row in (line.split("|") for line in capsys.readouterr().out.splitlines()[2:])}
+    assert cells["kd"] == "temperature=4.0 (> 0), alpha=0.9 (in [0, 1]), reduction=batchmean"
+    assert "temperatures=None (each > 0), alphas=None (each in [0, 1])" in cells["takd"]
+    assert "d_bn_momentum=0.99 (in [0, 1)), d_bn_eps=0.001 (> 0), finetune=True," in cells["tcn"]
+    for name, cls in load_methods().items():  # every declared range is listed next to its parameter
+        for key, bounds in param_ranges(cls).items():
+            assert re.search(rf"(^|, ){key}=\S+ \((each )?{re.escape(str(bounds))}\)(, |$)", cells[name]), (name, key)

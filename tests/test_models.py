@@ -133,7 +133,7 @@ def test_budget_student_explicit_budget_on_cifar():
 
 SMALL_RGB = DataSpec((3, 16, 16), 7, "image")  # small inputs keep the deep nets cheap; K != 10 on purpose
 SMALL_GRAY = DataSpec((1, 16, 16), 7, "image")
-DEEP = {"resnet26", "resnet32", "resnet44", "resnet56", "resnet110"}
+DEEP = {f"resnet{d}{v}" for d in (26, 32, 44, 56, 110) for v in ("", "b")}
 
 
 def _protocol_cases():
@@ -252,6 +252,40 @@ def test_count_macs_text_model_with_int64_input():
     assert count_macs(model, IMDB) == conv + 8000 * 256 + 256 * 1
 
 
+@pytest.mark.parametrize("name", ["resnet20", "resnet8b", "plain2", "plain10", "paper-cifar-teacher"])
+def test_count_macs_matches_torch_flop_counter(name):
+    """kdbench's FLOPs (2 x conv/matmul MACs, no BatchNorm or pooling) are torch.utils.flop_counter's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(name, CIFAR).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *CIFAR.input_shape))
+    assert 2 * count_macs(model, CIFAR) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("depth", [8, 14, 20, 56, 110])
+def test_option_b_resnets_add_the_projection_shortcuts(depth):
+    a, b = create_model(f"resnet{depth}", CIFAR), create_model(f"resnet{depth}b", CIFAR)
+    assert (a.shortcut_type, b.shortcut_type) == ("A", "B")
+    # two projections (16->32, 32->64): 1x1 conv weights + BatchNorm affine parameters
+    assert count_params(b) - count_params(a) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64) == 2752
+    assert not any("shortcut" in k for k in a.state_dict())
+    assert {k for k in b.state_dict() if "shortcut" in k} >= {"layer2.0.shortcut.0.weight", "layer3.0.shortcut.1.running_var"}
+
+
+def test_kdgan_networks_have_the_papers_layers_and_sizes():
+    mlp, lenet = create_model("kdgan-mlp", MNIST), create_model("kdgan-lenet", MNIST)
+    assert [(m.in_features, m.out_features) for m in mlp.modules() if isinstance(m, nn.Linear)] == [(784, 800), (800, 800), (800, 10)]
+    assert [m.p for m in mlp.modules() if isinstance(m, nn.Dropout)] == pytest.approx([0.12, 0.12])  # keep 0.88
+    assert count_params(mlp) == (784 * 800 + 800) + (800 * 800 + 800) + (800 * 10 + 10) == 1_276_810
+    convs = [m for m in lenet.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size) for m in convs] == [(32, (5, 5)), (64, (5, 5))]
+    assert [(m.in_features, m.out_features) for m in lenet.modules() if isinstance(m, nn.Linear)] == [(7 * 7 * 64, 1024), (1024, 10)]
+    assert [m.p for m in lenet.modules() if isinstance(m, nn.Dropout)] == [0.5]
+    assert count_params(lenet) == (32 * 25 + 32) + (64 * 32 * 25 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10) == 3_274_634
+
+
 def test_count_macs_keeps_training_mode():
     model = create_model("resnet8", CIFAR).train()
     count_macs(model, CIFAR)
@@ -284,6 +318,23 @@ def test_timm_classifier_assignment_reaches_the_network():
     model.classifier = nn.Linear(512, 4)
     assert model.net.fc is model.classifier
     assert model(_input(CIFAR, 2)).shape == (2, 4)
+
+
+def test_timm_pretrained_loads_a_local_file_through_timm(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet18", num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("timm/resnet18", CIFAR, pretrained=True, pretrained_file=str(path))
+    assert torch.equal(model.net.conv1.weight, source.conv1.weight)  # timm's loader, not a fresh init
+    assert model.classifier.out_features == 10  # the 1000-class head is dropped for the dataset's
+    assert torch.allclose(model.normalize.mean.flatten(), torch.tensor(source.pretrained_cfg["mean"]))
+    gray = create_model("timm/resnet18", MNIST, pretrained=True, pretrained_file=str(path))
+    assert torch.allclose(gray.net.conv1.weight, source.conv1.weight.sum(1, keepdim=True))  # timm folds RGB
+    assert gray.normalize.mean.numel() == 1
+    with pytest.raises(KdbenchError, match="does not exist"):
+        create_model("timm/resnet18", CIFAR, pretrained=True, pretrained_file=str(tmp_path / "none.pth"))
 
 
 def test_timm_unknown_arch_suggests():

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdbench import stats
+from kdbench import stats, store
 from kdbench.cli import report_cmd
 from kdbench.errors import KdbenchError
 from kdbench.report import build_report
@@ -43,13 +43,20 @@ def _write(out: Path, method: str, mode: str | None, n: int, seed: int, metrics:
     spec = {"method": method, "dataset": dataset, "teacher": "auto", "student": student, "budget": "paper",
             "n_students": n, "mode": mode, "epochs": None, "seed": seed, "params": {}, "params_changed": {},
             "teacher_recipe": None, "split_seed": 0}
-    key = f"{method}{'-' + mode if mode else ''}-n{n}-{dataset}-{student}-s{seed}"
+    key = store.spec_key(spec, "test")
     base = {"teacher_test_acc": 98.9, "teacher_params": 2380938, "teacher_flops": 26_460_000}
     teacher = {"key": f"paper-mnist-teacher-{dataset}", "arch": "paper-mnist-teacher", "dataset": dataset, "source": "trained",
                "recipe": {"optimizer": "adam", "lr": 0.001, "epochs": 6, "batch_size": 128, "weight_decay": 0.0}}
     write_record(out, {"run_key": key, "status": "ok", "spec": spec, "metrics": {**base, **metrics},
-                       "deviations": list(devs), "env": ENV, "teacher": teacher,
+                       "deviations": list(devs), "env": ENV, "teacher": teacher, "code_version": "test",
                        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:40+00:00"})
+
+
+def write_failed(out: Path, seed: int = 0) -> None:
+    """A valid record of a failed run (a failed run never counts in a table)."""
+    spec = {"method": "kd", "dataset": "mnist", "seed": seed, "params_changed": {}}
+    write_record(out, {"run_key": store.spec_key(spec, "test"), "status": "failed", "spec": spec,
+                       "error": {"message": "boom"}, "metrics": {}, "code_version": "test"})
 
 
 def make_records(out: Path) -> Path:
@@ -68,8 +75,7 @@ def make_records(out: Path) -> Path:
                 devs = ("student family: parametric_budget",)
             _write(out, method, mode, n, seed, m, devs=devs)
     # a record that failed never counts, and a stray temporary file is ignored
-    write_record(out, {"run_key": "kd-mnist-s9-failed", "status": "failed", "spec": {"method": "kd"},
-                       "error": {"message": "boom"}, "metrics": {}})
+    write_failed(out, seed=9)
     (out / ".kd-mnist-s0.json.123.tmp").write_text("{half")
     return out
 
@@ -332,7 +338,7 @@ def test_user_errors_are_one_line(tmp_path: Path, records: Path):
             call()
         assert message in str(err.value) and "\n" not in str(err.value)
     failed_only = tmp_path / "failed"
-    write_record(failed_only, {"run_key": "x", "status": "failed", "spec": {}, "error": {"message": "e"}})
+    write_failed(failed_only)
     with pytest.raises(KdbenchError, match=r"\(1 failed\)"):
         build_report(failed_only, tmp_path)
 
@@ -379,3 +385,19 @@ def test_gan_cells_say_which_variant_ran():
     notes = gan_variant_notes(df)
     assert len(notes) == 2 and "code-faithful" in notes[0] and notes[0].endswith("1/2 runs.") and "paper-intent" in notes[1]
     assert gan_variant_notes(df[df["mode"] != "gan"]) == []
+
+
+def test_time_whiskers_never_reach_below_zero(records: Path):
+    """Training-time error bars: the interval of the geometric mean (from log times) stays positive
+    where the t-interval of the arithmetic mean of skewed seeds goes negative."""
+    from kdbench.report.plots import log_summary
+
+    ctx = ctx_for(records)
+    df = ctx.df[ctx.df["method"] == "tcn"].copy()
+    df["train_time_s"] = [1.0, 40.0, 90.0] * (len(df) // 3) + [5.0] * (len(df) % 3)  # skewed seeds
+    keys = ["method", "mode", "n_students", "dataset"]
+    arithmetic = ctx.summary(df, "train_time_s", keys)
+    geometric = log_summary(ctx, df, "train_time_s", keys)
+    assert (arithmetic["ci_low"] < 0).any()  # the defect: a negative whisker
+    assert (geometric["ci_low"].dropna() > 0).all() and (geometric["ci_low"] <= geometric["mean"]).all()
+    assert (geometric["mean"] <= geometric["ci_high"]).all()

@@ -111,10 +111,20 @@ def test_presets_ship_and_parse():
     assert len(mnist) == 3 + 3 + 4 * 2 * 3
     assert {p.spec.val_fraction for p in mnist} == {0.2}  # one protocol, so one teacher for all methods
     takd = SweepSpec.build(preset="takd-table1").expand()
-    assert {(r.teacher, r.student) for r in takd} == {("plain10", "plain2"), ("resnet110", "resnet8")}
-    assert all(r.params == ({"assistants": ["plain4"]} if r.student == "plain2" else {"assistants": ["resnet14"]})
+    assert {(r.teacher, r.student) for r in takd} == {("plain10", "plain2"), ("resnet110b", "resnet8b")}  # option B, as TAKD
+    assert all(r.params == ({"assistants": ["plain4"]} if r.student == "plain2" else {"assistants": ["resnet14b"]})
                for r in takd if r.method == "takd")
     assert all(r.params == {} for r in takd if r.method != "takd")
+
+
+def test_kdgan_table1_preset_expands_to_the_papers_grid():
+    runs = plan(SweepSpec.build(preset="kdgan-table1-mnist"), "/nonexistent")
+    cells = {(p.spec.max_train, p.spec.method, p.spec.params.get("variant")) for p in runs}
+    assert len(runs) == 3 * 4 * 3 and {p.spec.seed for p in runs} == {0, 1, 2}
+    assert cells == {(n, m, v) for n in (100, 1000, 10000)
+                     for m, v in (("student", None), ("kd", None), ("kdgan", "frozen-teacher"), ("kdgan", "three-player"))}
+    assert {p.spec.student for p in runs} == {"kdgan-mlp"}
+    assert {p.spec.teacher for p in runs if p.spec.method != "student"} == {"kdgan-lenet"}
 
 
 # ----------------------------------------------------------------------------------- bad input

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from typing import Sequence
 
@@ -18,7 +19,8 @@ COMMANDS = ["list_cmd", "data_cmd", "teacher_cmd", "run_cmd", "sweep_cmd", "repo
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints usage too)
-        raise KdbenchError(f"{self.prog}: {message}")
+        sub = self.prog.partition(" ")[2]  # "kdbench sweep" -> "sweep"; main() adds the "kdbench: error:" prefix
+        raise KdbenchError(f"{message} (see `kdbench {sub + ' ' if sub else ''}--help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,15 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OWN_PREFIX = re.compile(r"^(?:kdbench(?: [a-z][\w-]*)?: (?:error: )?)+")
+
+
 def one_line(message: str) -> str:
-    """Error messages are printed as exactly one line (a wrapped library message would break that)."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip()) or "unknown error"
+    """Error messages are printed as exactly one line (a wrapped library message would break that),
+    after the one `kdbench: error:` prefix: a message that carries its own is not prefixed twice."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return _OWN_PREFIX.sub("", text) or "unknown error"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named here, so that the hint points at the subcommand's own --help
+            command = f"{args.command} " if getattr(args, "command", None) else ""
+            raise KdbenchError(f"unrecognized arguments: {' '.join(extra)} (see `kdbench {command}--help`)")
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         if not getattr(args, "command", None):
             parser.print_help()

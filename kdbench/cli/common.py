@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +14,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name (see `kdbench data`)")
     p.add_argument("--teacher", help="teacher: zoo name, 'auto' (the dataset's paper teacher) or file:ARCH=PATH")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher recipe (default: the dataset's recipe)")
+    p.add_argument("--teacher-normalize", metavar="NORM", help="input normalisation of the teacher model: imagenet, cifar10, "
+                   "none or MEAN,STD (per channel joined by '/'); imported weights need theirs (the shared CIFAR ResNets: imagenet)")
     p.add_argument("--student", help="student architecture (zoo name) or 'auto' (budget student)")
     p.add_argument("--budget", choices=["paper", "repo"], help="budget family of auto students")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable, or k=v,k2=v2)")
@@ -24,6 +25,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--split-seed", type=int)
     p.add_argument("--max-train", type=int, help="deterministic subset of the training split (quick protocols)")
+    p.add_argument("--augment", metavar="NAME", help="training-batch augmentation: none (default) or crop-flip; "
+                   "with one the teacher runs on each augmented batch")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ~/.cache/kdbench/data, /usr/share/datasets)")
     p.add_argument("--no-latency", action="store_true", help="skip inference-latency measurement")
@@ -41,23 +44,20 @@ def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
 
 def out_dir(path: str) -> Path:
     """The --out directory, checked (not created): it, or its nearest existing parent, must be a directory."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise KdbenchError(f"--out '{path}' exists and is not a directory")
-    parent = next((q for q in p.absolute().parents if q.exists()), None)
-    if not p.exists() and parent is not None and not parent.is_dir():
-        raise KdbenchError(f"--out '{path}' cannot be created: '{parent}' is not a directory")
-    return p
+    from ..api import check_out_dir
+
+    return check_out_dir(path)
 
 
 def make_out_dir(p: Path) -> Path:
     """Create the --out directory once the input is known to be good (one line if that fails)."""
+    from ..api import check_out_writable
+
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise KdbenchError(f"cannot create --out '{p}': {e.strerror or e}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise KdbenchError(f"--out '{p}' is not writable")
+    check_out_writable(p)
     return p
 
 
@@ -69,7 +69,8 @@ def spec_fields(args: argparse.Namespace) -> dict:
     fields = {}
     for opt, field in (("dataset", "dataset"), ("teacher", "teacher"), ("student", "student"), ("budget", "budget"),
                        ("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("val_fraction", "val_fraction"),
-                       ("split_seed", "split_seed"), ("max_train", "max_train"), ("device", "device")):
+                       ("split_seed", "split_seed"), ("max_train", "max_train"), ("device", "device"),
+                       ("teacher_normalize", "teacher_normalize"), ("augment", "augment")):
         value = getattr(args, opt, None)
         if value is not None:
             fields[field] = value

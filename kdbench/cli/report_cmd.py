@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 # the report stack (pandas, scipy, matplotlib) is imported only when `report` runs, so that every
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = build_report(args.results_dir, args.out, name=args.name, formats=args.formats, accuracy=args.accuracy,
                        baseline_method=args.baseline_method, bootstrap=args.bootstrap, spread=args.spread,
-                       figures=not args.no_figures)
+                       figures=not args.no_figures, log=lambda text: print(text, file=sys.stderr))
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     print(f"report written to {out} ({len(written)} files)")
     for main in ("report.md", "tables.tex"):

@@ -61,7 +61,8 @@ def read_record_spec(path: Path) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runner import check_data, execute, resolve
+    from ..api import preflight
+    from ..runner import execute, resolve
 
     out = out_dir(args.out)
     if args.from_record:
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             spec = spec.replace(device=args.device)
     else:
         if not args.method:
-            raise KdbenchError("kdbench run: --method is required (see `kdbench list methods`)")
+            raise KdbenchError("--method is required (see `kdbench list methods`)")
         fields = spec_fields(args)
         n = _students(args.students)
         if n is not None:
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             fields["seed"] = args.seed
         spec = RunSpec(method=args.method, **fields)
     r = resolve(spec)
-    check_data(r.spec.dataset, args.data_root)
+    preflight([r.spec.dataset], out, args.data_root)
     make_out_dir(out)
     record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r)
     path = out / f"{record['run_key']}.json"

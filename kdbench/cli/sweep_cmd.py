@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .common import add_run_options, print_table
 
@@ -39,7 +40,8 @@ def overrides(args: argparse.Namespace) -> dict:
     if args.method:
         fields["method"] = ",".join(args.method)
     for name in ("students", "mode", "seeds", "dataset", "teacher", "teacher_epochs", "student", "budget", "epochs",
-                 "batch_size", "lr", "val_fraction", "split_seed", "max_train", "device"):
+                 "batch_size", "lr", "val_fraction", "split_seed", "max_train", "device", "augment",
+                 "teacher_normalize"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
@@ -50,14 +52,23 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import sweep
+    from ..executors import interrupt_signal, stop_on_signals
     from ..sweep import list_presets
 
     if args.list_presets:
         print_table(list_presets())
         return 0
-    result = sweep(preset=args.preset, config=args.config, out=args.out, executor=args.executor, workers=args.workers,
-                   threads=args.threads, address=args.address, data_root=args.data_root, latency=not args.no_latency,
-                   dry_run=args.dry_run, report=args.report, report_name=args.report_name, **overrides(args))
+    try:
+        with stop_on_signals():  # SIGTERM / SIGHUP stop the sweep the way Ctrl-C does
+            result = sweep(preset=args.preset, config=args.config, out=args.out, executor=args.executor,
+                           workers=args.workers, threads=args.threads, address=args.address, data_root=args.data_root,
+                           latency=not args.no_latency, dry_run=args.dry_run, report=args.report,
+                           report_name=args.report_name, **overrides(args))
+    except KeyboardInterrupt as e:
+        sig = interrupt_signal(e)
+        print(f"kdbench: interrupted by {sig.name}; the finished runs' records are kept, the same command resumes",
+              file=sys.stderr)
+        return 128 + sig  # as a shell reports a process the signal killed (Ctrl-C: 130)
     spec = result.spec
     title = f"sweep {spec.name}" if spec.name else "sweep"
     if spec.requires:

@@ -1,6 +1,7 @@
 """Public entry points: load a dataset as train/val/test splits, list the catalogue, download."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from ..errors import KdbenchError
 from .base import Split, Splits
 from .cache import cached_decode, cached_meta
-from .catalogue import (DATASETS, DatasetEntry, Decoded, data_roots, default_download_root, locate,
+from .catalogue import (DATASETS, DatasetEntry, Decoded, data_roots, default_download_root, explicit_root, locate,
                         missing_message, package_available)
 from .splits import carve, subset
 
@@ -153,12 +154,14 @@ def download(name: str, data_root: str | Path | None = None) -> Path:
     if entry.downloader is None:
         raise KdbenchError(f"kdbench cannot download '{name}': {entry.how_to_get}")
     root = default_download_root(data_root)
+    before = _existing_dirs(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         entry.downloader(root)
-    except KdbenchError:
-        raise
-    except Exception as e:  # network, checksum, disk: all become one line for the user
+    except BaseException as e:  # network, checksum, disk, Ctrl-C: no empty folders are left behind
+        _remove_new_empty_dirs(root, before)
+        if isinstance(e, KdbenchError) or not isinstance(e, Exception):
+            raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise KdbenchError(f"download of '{name}' into {root} failed ({type(e).__name__}: {msg}); "
                            f"check the network, or get it by hand: {entry.how_to_get}") from None
@@ -168,4 +171,40 @@ def download(name: str, data_root: str | Path | None = None) -> Path:
     return found[1]
 
 
-__all__ = ["load_dataset", "dataset_table", "download", "decode_dataset", "data_roots"]
+def _existing_dirs(root: Path) -> set[Path]:
+    """Folders that exist before a download: `root`'s existing ancestors and everything under it."""
+    found = {p for p in (root, *root.parents) if p.is_dir()}
+    if root.is_dir():
+        found |= {Path(d) for d, _subdirs, _files in os.walk(root)}
+    return found
+
+
+def _remove_new_empty_dirs(root: Path, before: set[Path]) -> None:
+    """After a failed download, remove the folders it created that are still empty (deepest first,
+    then `root` and its new parents); folders that existed before, or hold files, are kept."""
+    created = [Path(d) for d, _subdirs, _files in os.walk(root, topdown=False)] if root.is_dir() else []
+    created += [root, *root.parents]
+    for d in created:
+        if d in before:
+            continue
+        try:
+            d.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            pass
+
+
+def check_dataset(name: str, data_root: str | Path | None = None) -> None:
+    """Refuse missing or unreadable data before anything trains: decode the dataset now unless a
+    current cache entry shows it was decoded before (the first run would decode it anyway, and
+    the cache keeps the arrays). Datasets that ship in a package need only the package (but a
+    --data-root given with them must still exist: it is a typo otherwise)."""
+    entry = DATASETS.get(name)
+    explicit_root(data_root)
+    _root, location = _find(entry, data_root)
+    if location is None or not entry.cache:
+        return
+    if cached_meta(entry.name, _cache_variant(entry, location), _sources(entry, location)) is None:
+        decode_dataset(entry, location)
+
+
+__all__ = ["load_dataset", "dataset_table", "download", "decode_dataset", "data_roots", "check_dataset"]

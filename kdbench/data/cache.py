@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from filelock import FileLock
 
+from ..cache import cache_root
 from ..store import atomic_write
 from .catalogue import Decoded
 
@@ -33,12 +34,6 @@ _LOCK_TIMEOUT_S = 3600.0  # a slow first decode (JPEG, aclImdb) by another proce
 
 class CacheCorruptionWarning(UserWarning):
     """A cache entry failed its checksum or could not be read; it is rebuilt, never used."""
-
-
-def cache_root() -> Path:
-    """$KDBENCH_CACHE, default ~/.cache/kdbench."""
-    env = os.environ.get("KDBENCH_CACHE", "")
-    return Path(env).expanduser().absolute() if env else Path.home() / ".cache" / "kdbench"
 
 
 def fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -98,6 +93,8 @@ def read_sidecar(d: Path) -> dict[str, Any] | None:
 
 def _load_verified(d: Path, side: dict[str, Any]) -> dict[str, np.ndarray]:
     """Memory-map every array of the entry after checking its size and sha256; ValueError if bad."""
+    if not isinstance(side.get("arrays"), dict) or not side["arrays"]:
+        raise ValueError("the sidecar lists no arrays")  # nothing checksummed: nothing can be trusted
     arrays: dict[str, np.ndarray] = {}
     for name, rec in side["arrays"].items():
         p = d / f"{name}.npy"

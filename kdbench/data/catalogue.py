@@ -6,6 +6,7 @@ Adding a dataset is one `@register_dataset(...)` function in a module by format.
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -139,10 +140,27 @@ def register_dataset(
 SYSTEM_DATA_ROOT = Path("/usr/share/datasets")  # Debian's dataset-* packages install here
 
 
+def explicit_root(data_root: str | Path | None) -> Path | None:
+    """The root the user named (--data-root), which must be a directory: a typo, a dangling link or
+    a symlink loop is an error, never silently replaced by another root's copy of the data."""
+    if data_root is None or str(data_root) == "":
+        return None
+    path = Path(data_root).expanduser()
+    try:
+        path.stat()
+    except OSError as e:  # ENOENT, ELOOP (symlink loop), EACCES, ENOTDIR ...
+        why = "is a symlink loop" if e.errno == errno.ELOOP else (
+            "does not exist" if e.errno in (errno.ENOENT, errno.ENOTDIR) else f"cannot be read ({e.strerror})")
+        raise KdbenchError(f"--data-root '{data_root}' {why}") from None
+    if not path.is_dir():
+        raise KdbenchError(f"--data-root '{data_root}' is not a directory")
+    return path
+
+
 def data_roots(data_root: str | Path | None = None) -> list[Path]:
     """Roots searched, in order: the argument, $KDBENCH_DATA (os.pathsep-separated), ./data,
     ~/.cache/kdbench/data, /usr/share/datasets. Duplicates are dropped; existence is not required
-    (the missing-data message lists them all)."""
+    (the missing-data message lists them all; `locate` refuses an argument that does not exist)."""
     cands: list[Path] = []
     if data_root is not None and str(data_root) != "":
         cands.append(Path(data_root))
@@ -175,7 +193,9 @@ def package_available(entry: DatasetEntry) -> bool:
 
 
 def locate(entry: DatasetEntry, data_root: str | Path | None = None) -> tuple[Path, Path] | None:
-    """(root, path) of the first usable copy of `entry`, or None (always None for entries without paths)."""
+    """(root, path) of the first usable copy of `entry`, or None (always None for entries without paths).
+    An explicit `data_root` that is not a directory is a KdbenchError, never passed over."""
+    explicit_root(data_root)
     for root in data_roots(data_root):
         for rel in entry.paths:
             p = root / rel

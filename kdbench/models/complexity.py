@@ -1,7 +1,12 @@
-"""Parameter and multiply-add counts; kdbench reports `flops = 2 * macs` (fvcore counts one per MAC)."""
+"""Parameter and multiply-add counts; kdbench reports `flops = 2 * macs` (fvcore counts one per MAC).
+
+MACs are those of convolutions and matrix products (linear, matmul, bmm, einsum) only, the
+convention of the papers' tables and of `torch.utils.flop_counter`: normalisation layers, pooling,
+upsampling and activations count 0 (fvcore would add BatchNorm and average pooling otherwise)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 import warnings
 from typing import Sequence
 
@@ -9,6 +14,14 @@ import torch
 from torch import nn
 
 from ..data.base import DataSpec
+
+# fvcore's default handles that are not conv / matrix-product MACs: switched off
+_NOT_MACS = ("aten::batch_norm", "aten::group_norm", "aten::layer_norm", "aten::instance_norm",
+             "aten::upsample_nearest2d", "aten::upsample_bilinear2d", "aten::adaptive_avg_pool2d", "aten::grid_sampler")
+
+
+def _zero(inputs: object, outputs: object) -> Counter[str]:
+    return Counter()
 
 
 def count_params(model: nn.Module) -> int:
@@ -31,7 +44,7 @@ def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] |
     """Multiply-adds of one sample's forward pass in eval mode, counted by fvcore.
 
     `spec_or_input_shape`: a DataSpec (text specs give int64 ids), a per-sample shape (float input),
-    or an explicit example batch. Ops fvcore does not count (activations, pooling, embedding) are 0."""
+    or an explicit example batch. Only conv and matrix-product MACs count (see the module docstring)."""
     x = _example_input(model, spec_or_input_shape)
     was_training = model.training
     model.eval()
@@ -45,6 +58,8 @@ def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] |
 
             analysis = FlopCountAnalysis(model, (x,))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            # a zero handle, not None: fvcore keeps counting a default handle that is set to None
+            analysis.set_op_handle(**{op: _zero for op in _NOT_MACS})
             total = int(analysis.total())
     finally:
         fv_logger.setLevel(old_level)

@@ -1,4 +1,5 @@
-"""The teachers of the Teacher-Class Network paper (Malik et al., BMVC 2021), as in METHODS.md."""
+"""The networks of the papers kdbench reproduces: the Teacher-Class Network teachers (Malik et al.,
+BMVC 2021) and the KDGAN MNIST student and teacher (Wang et al., NeurIPS 2018), as in METHODS.md."""
 from __future__ import annotations
 
 from torch import nn
@@ -74,3 +75,30 @@ def paper_cifar_teacher(spec: DataSpec, normalize: str | None = None) -> StagedN
         nn.ReLU(), nn.BatchNorm1d(DENSE_WIDTH), nn.Dropout(0.5), nn.Linear(DENSE_WIDTH, spec.num_classes)
     )
     return StagedNet(make_normalize(normalize, c), body, neck, classifier, DENSE_WIDTH)
+
+
+# The networks of the KDGAN paper's MNIST table (Wang et al., NeurIPS 2018; METHODS.md).
+KDGAN_DENSE = 1024
+
+
+@register_model("kdgan-mlp")
+def kdgan_mlp(spec: DataSpec, normalize: str | None = None, hidden: int = 800, keep: float = 0.88) -> StagedNet:
+    """KDGAN MNIST student: MLP 784-800-800-10, ReLU, dropout keep 0.88 (1,276,810 params at 1x28x28).
+    It has no conv stack: its `feature_map` is its (normalised) input."""
+    c, h, w = require_image(spec, "kdgan-mlp")
+    neck = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(1 - keep),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(1 - keep))
+    return StagedNet(make_normalize(normalize, c), nn.Identity(), neck, nn.Linear(hidden, spec.num_classes), hidden)
+
+
+@register_model("kdgan-lenet")
+def kdgan_lenet(spec: DataSpec, normalize: str | None = None) -> StagedNet:
+    """KDGAN MNIST teacher LeNet: conv32 5x5, pool, conv64 5x5, pool ('same' padding), fc1024, dropout 0.5,
+    fc10 (3,274,634 params at 1x28x28)."""
+    c, h, w = require_image(spec, "kdgan-lenet")
+    fh, fw = pool_out(pool_out(h, 2), 2), pool_out(pool_out(w, 2), 2)
+    check_positive("kdgan-lenet", spec, fh, fw)
+    body = nn.Sequential(nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU())
+    neck = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * fh * fw, KDGAN_DENSE), nn.ReLU(), nn.Dropout(0.5))
+    return StagedNet(make_normalize(normalize, c), body, neck, nn.Linear(KDGAN_DENSE, spec.num_classes), KDGAN_DENSE)

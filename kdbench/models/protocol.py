@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -33,11 +35,34 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+NORMALIZE_HELP = "imagenet, cifar10, none, or MEAN,STD (one value, or one per channel joined by '/': 0.5/0.5/0.5,0.25/0.25/0.25)"
+
+
+def parse_normalize(text: str | None) -> Stats | None:
+    """(mean, std) of a normalisation given by name, as MEAN,STD, or None for 'none' / None."""
+    if text is None or text == "none":
+        return None
+    if text in NORMALIZATIONS:
+        return NORMALIZATIONS.get(text)
+    parts = text.split(",")
+    try:
+        mean, std = (tuple(float(v) for v in part.split("/")) for part in parts) if len(parts) == 2 else ((), ())
+    except ValueError:
+        mean = std = ()
+    if not mean or len(mean) != len(std) or not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise KdbenchError(f"normalize '{text}' is not {NORMALIZE_HELP}, with std > 0")
+    return mean, std
+
+
 def make_normalize(name: str | None, channels: int) -> nn.Module:
-    """`Identity` for None, else the named statistics (which must match the channel count)."""
-    if name is None:
+    """`Identity` for None / 'none', else the statistics (one value for every channel, or one per channel)."""
+    stats = parse_normalize(name)
+    if stats is None:
         return nn.Identity()
-    mean, std = NORMALIZATIONS.get(name)
+    mean, std = stats
+    if len(mean) == 1:
+        mean, std = mean * channels, std * channels
     if len(mean) != channels:
         raise KdbenchError(f"normalize='{name}' needs {len(mean)} input channels, the data has {channels}")
     return Normalize(mean, std)

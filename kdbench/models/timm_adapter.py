@@ -1,7 +1,8 @@
-"""`timm/<arch>`: any timm architecture, randomly initialised, wrapped into the zoo protocol.
+"""`timm/<arch>`: any timm architecture wrapped into the zoo protocol.
 
-Hub weights cannot be downloaded here; `pretrained_path=` loads a local file instead, keeping a
-fresh classifier when its class count differs from the dataset's."""
+`pretrained=true` loads weights through timm's own loader: from the hub where a network exists, or
+from a local file (`pretrained_file=`); timm adapts the input channels and drops a classifier of
+another class count. `pretrained_path=` loads a local file with kdbench's strict loader instead."""
 from __future__ import annotations
 
 import difflib
@@ -53,9 +54,14 @@ def create_timm_model(
     spec: DataSpec,
     normalize: str | None = None,
     pretrained_path: str | Path | None = None,
+    pretrained: bool = False,
+    pretrained_file: str | Path | None = None,
     **timm_kwargs: Any,
 ) -> TimmModel:
-    """`timm.create_model(arch, pretrained=False, num_classes=K, in_chans=C, **timm_kwargs)`, wrapped."""
+    """`timm.create_model(arch, pretrained=..., num_classes=K, in_chans=C, **timm_kwargs)`, wrapped.
+
+    Pretrained weights expect their own input statistics: with `pretrained` and no `normalize`, the
+    model normalises with the mean/std of timm's pretrained config."""
     import timm
 
     c, _, _ = require_image(spec, f"timm/{arch}")
@@ -63,10 +69,21 @@ def create_timm_model(
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr('timm/' + n) for n in close)}?" if close else ""
         raise KdbenchError(f"unknown timm architecture '{arch}'{hint}")
+    if pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            raise KdbenchError(f"timm/{arch}: pretrained_file '{pretrained_file}' does not exist")
+        pretrained, timm_kwargs["pretrained_cfg_overlay"] = True, {"file": str(pretrained_file)}
     try:
-        net = timm.create_model(arch, pretrained=False, num_classes=spec.num_classes, in_chans=c, **timm_kwargs)
+        net = timm.create_model(arch, pretrained=pretrained, num_classes=spec.num_classes, in_chans=c, **timm_kwargs)
     except TypeError as e:
         raise KdbenchError(f"timm/{arch}: bad options {sorted(timm_kwargs)} ({e})") from None
+    except (OSError, RuntimeError) as e:  # no network, no hub weights for this name, or a file of another net
+        raise KdbenchError(f"timm/{arch}: cannot load pretrained weights ({str(e).strip().splitlines()[0][:200]})") from None
+    if pretrained and normalize is None:
+        stats = [tuple(net.pretrained_cfg[k]) for k in ("mean", "std")]
+        if len(stats[0]) != c:  # timm folded the RGB stem into `c` channels: one averaged statistic
+            stats = [(sum(v) / len(v),) for v in stats]
+        normalize = ",".join("/".join(map(str, v)) for v in stats)
     if pretrained_path is not None:
         from .weights import load_weights
 

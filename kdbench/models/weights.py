@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -64,13 +64,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def _reason(e: Exception, path: Path) -> str:
     """Why a weights file could not be read, in one line (torch's refusal of pickled code is long)."""
     text = str(e).strip()
-    if "weights_only" in text or "Unsupported global" in text:
-        m = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
-        what = f"it references {m.group(1) or m.group(2)}" if m else "not only tensors"
-        return (f"it holds pickled Python objects ({what}), refused: kdbench loads checkpoints with "
+    m = re.search(r"GLOBAL ([\w.]+)", text)  # only a pickle that names a Python object is "pickled objects"
+    if m:
+        return (f"it holds pickled Python objects (it references {m.group(1)}), refused: kdbench loads checkpoints with "
                 f"weights_only=True and never runs pickled code; save a state_dict or safetensors instead")
-    first = text.splitlines()[0] if text else ""
     kind = "safetensors" if path.suffix == ".safetensors" else "torch (weights_only)"
+    if "WeightsUnpickler error" in text:  # e.g. "Unsupported operand 76": random or corrupt bytes, not objects
+        detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        return f"not a {kind} checkpoint (corrupt or another format: {detail[0] if detail else 'unreadable pickle'})"
+    first = text.splitlines()[0] if text else ""
     if not first or first.isdigit() or len(first) < 8:  # e.g. a KeyError(101) from the unpickler on a text file
         return f"not a {kind} checkpoint ({type(e).__name__}{': ' + first if first else ''})"
     return f"{first} (not a readable {kind} checkpoint)"
@@ -79,6 +81,18 @@ def _reason(e: Exception, path: Path) -> str:
 def _listing(keys: list[str]) -> str:
     more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
     return ", ".join(keys[:_SHOWN]) + more
+
+
+def check_keys(target: dict[str, Any], state: dict[str, torch.Tensor], where: str, ignore: Sequence[str] = ()) -> None:
+    """Raise when `state` lacks keys of the model's `target` state dict or has keys it does not know
+    (BatchNorm's `num_batches_tracked` may be absent from old checkpoints)."""
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked") and k not in ignore]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        parts = ([f"missing keys {_listing(missing)}"] if missing else []) + (
+            [f"unexpected keys {_listing(unexpected)}"] if unexpected else []
+        )
+        raise KdbenchError(f"{where}: {'; '.join(parts)}")
 
 
 def load_state_checked(
@@ -94,15 +108,8 @@ def load_state_checked(
             if k not in target or tuple(state[k].shape) != tuple(target[k].shape):
                 dropped.append(k)
                 del state[k]
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    missing = [k for k in missing if k not in dropped]
-    unexpected = [k for k in state if k not in target]
     where = f"weights {source} do not fit {type(model).__name__}"
-    if missing or unexpected:
-        parts = ([f"missing keys {_listing(missing)}"] if missing else []) + (
-            [f"unexpected keys {_listing(unexpected)}"] if unexpected else []
-        )
-        raise KdbenchError(f"{where}: {'; '.join(parts)}")
+    check_keys(target, state, where, ignore=dropped)
     for k, v in target.items():
         if k in state and tuple(state[k].shape) != tuple(v.shape):
             raise KdbenchError(f"{where}: {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}")

@@ -85,7 +85,7 @@ def list_models() -> list[dict[str, Any]]:
     rows.append(
         {
             "name": f"{TIMM_PREFIX}<arch>",
-            "description": "any timm architecture by name (random init; local weights via pretrained_path=)",
+            "description": "any timm architecture by name (random init; pretrained=true: timm's own loader, from the hub or pretrained_file=)",
             "default_spec": "image",
             "params": None,
         }

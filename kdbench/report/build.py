@@ -4,15 +4,15 @@ Regenerating from the same records gives byte-identical md / tex / csv: no times
 ordering, fixed bootstrap seed; outputs of an earlier build that this one no longer makes are removed."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+from ..config import check_report_name
 from ..errors import KdbenchError
 from . import paper, plots, tables
 from .context import Context
 from .data import ACCURACY, load
-from .render import FORMATS
+from .render import FORMATS, invalid_heading
 from .table import Report, Skipped, Table
 
 SPREADS = ("ci", "std")
@@ -41,17 +41,20 @@ def make_report(ctx: Context, out: Path, title: str, figures: bool = True) -> Re
         figures=plots.draw_all(ctx, out) if figures else [],
         overview=[tables.runs_table(ctx)],
         appendix=[tables.teachers_table(ctx), tables.environment_table(ctx), tables.deviations_table(ctx)],
+        invalid=[(i.path.name, i.reason) for i in ctx.results.invalid],
     )
     return report
 
 
 def protocol(ctx: Context) -> list[str]:
     res = ctx.results
-    failed = f"; {res.n_failed} failed records are not counted" if res.n_failed else ""
+    not_counted = f"; {res.n_failed} failed records are not counted" if res.n_failed else ""
+    if res.invalid:
+        not_counted += f"; {len(res.invalid)} invalid record files are excluded (listed above)"
     missing = ([f"The baseline method `{ctx.baseline}` has no runs here: no significance tests."]
                if not (ctx.df["method"] == ctx.baseline).any() else [])
     return [
-        f"Source: `{res.source}`, {len(ctx.df)} ok run records{failed}.",
+        f"Source: `{res.source}`, {len(ctx.df)} ok run records{not_counted}.",
         ctx.accuracy_note() + " Paper tables that report another selection are compared as published.",
         ctx.spread_note(),
         f"Significance: Welch's t-test (unequal variances) of each cell against the `{ctx.baseline}` cell of the "
@@ -73,20 +76,20 @@ def _clean_stale(out: Path, written: set[Path]) -> None:
 def build_report(results_dir: str | Path, out_dir: str | Path = "reports", name: str | None = None,
                  formats: str | Iterable[str] = ("md", "latex", "csv"), accuracy: str = "valbest",
                  baseline_method: str = "kd", bootstrap: bool = False, spread: str = "ci",
-                 figures: bool = True) -> Path:
+                 figures: bool = True, log: Callable[[str], None] | None = None) -> Path:
     """Write reports/<name>/{report.md, tables.tex, tables/*.csv|tex, figures/*.png|pdf}; return that folder.
 
     accuracy: "valbest" (test accuracy at the val-best epoch, default) or "last" (last epoch).
     spread: "ci" (± = 95% CI half-width) or "std"; bootstrap: bootstrap CIs instead of Student t;
-    figures=False skips the plots (the slow part) and removes earlier ones."""
+    figures=False skips the plots (the slow part) and removes earlier ones; log (e.g. print to stderr)
+    gets the warning block of invalid record files, which report.md lists as well."""
     choice = ACCURACY.get(accuracy)
     fmts = parse_formats(formats)
     if spread not in SPREADS:
         raise KdbenchError(f"unknown spread '{spread}' (known: {', '.join(SPREADS)})")
     results = load(results_dir)
     name = name or results.source
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise KdbenchError(f"report name '{name}' must be letters, digits, '.', '_' or '-' (no path)")
+    check_report_name(name)  # the rule `kdbench sweep --report-name` checks before it runs
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(results, choice, accuracy, baseline_method, bootstrap, spread)
@@ -95,4 +98,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path = "reports", name:
     for fmt in fmts:
         written |= {p.resolve() for p in FORMATS.get(fmt)(out, report)}
     _clean_stale(out, written)
+    if log is not None and report.invalid:
+        log("\n".join([f"warning: {invalid_heading(report)} from the report:",
+                       *[f"  - {name}: {reason}" for name, reason in report.invalid]]))
     return out

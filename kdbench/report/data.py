@@ -65,6 +65,7 @@ class Results:
     source: str
     extras: dict[str, list[str]] = field(default_factory=dict)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_key -> the record's `teacher` block
+    invalid: list[store.Invalid] = field(default_factory=list)  # record files that failed validation, excluded
 
 
 def paper_dataset(name: str) -> tuple[str | None, str | None]:
@@ -108,17 +109,15 @@ def _teacher_id(rec: dict[str, Any]) -> str:
 
 
 def load(results_dir: str | Path) -> Results:
-    """Read a results directory; a missing directory or one with no ok record is a user error."""
-    path = Path(results_dir)
-    if not path.is_dir():
-        raise KdbenchError(f"results directory '{results_dir}' does not exist")
-    records = list(store.iter_records(path))
+    """Read a results directory; a missing directory or one with no valid ok record is a user error.
+    Invalid record files are kept in `Results.invalid` for the report's warning block."""
+    path = store.results_dir(results_dir)
+    records, invalid = store.read_records(path)
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
-        failed = len(records) - len(ok)
-        extra = f" ({failed} failed)" if failed else ""
-        raise KdbenchError(f"no successful run records (*.json with status ok) in '{results_dir}'{extra}")
-    frame = store.load_results(path)
+        raise KdbenchError(f"no successful run records (*.json with status ok) in '{results_dir}'"
+                           f"{_not_counted(len(records) - len(ok), invalid)}")
+    frame = store.records_frame(ok)
     by_key = {r["run_key"]: r for r in ok}
     frame["teacher_id"] = [_teacher_id(by_key[k]) for k in frame["run_key"]]
     for col in (*BASE_KEYS, *EXTRA_KEYS, "seed"):
@@ -132,7 +131,15 @@ def load(results_dir: str | Path) -> Results:
                    deviations={k: [str(d) for d in (r.get("deviations") or [])] for k, r in by_key.items()},
                    env={k: dict(r.get("env") or {}) for k, r in by_key.items()},
                    teachers={k: dict(r["teacher"]) for k, r in by_key.items() if isinstance(r.get("teacher"), dict)},
-                   n_failed=len(records) - len(ok), source=path.resolve().name or "results")
+                   n_failed=len(records) - len(ok), source=path.resolve().name or "results", invalid=invalid)
+
+
+def _not_counted(failed: int, invalid: list[store.Invalid]) -> str:
+    """` (2 failed; 1 invalid: a.json: reason)` for the no-ok-record error, '' when there is neither."""
+    parts = [f"{failed} failed"] if failed else []
+    if invalid:
+        parts.append(f"{len(invalid)} invalid: " + "; ".join(store.invalid_lines(invalid)))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 # --------------------------------------------------------------------------- ordering and labels

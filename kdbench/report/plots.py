@@ -69,6 +69,21 @@ def _half(s: pd.Series | dict) -> float:
     return float(hi - s["mean"]) if np.isfinite(hi) else 0.0
 
 
+def log_summary(ctx: Context, df: pd.DataFrame, column: str, keys: list[str]) -> pd.DataFrame:
+    """Cells of a positive, skewed quantity (times): geometric mean and the 95% interval of log(value),
+    back-transformed, so it never reaches below zero (the CI of an arithmetic mean of 2 or 3 seeds did)."""
+    values = numeric(df, column)
+    summ = ctx.summary(df.assign(_log=np.log(values.where(values > 0))), "_log", keys)
+    summ[["mean", "ci_low", "ci_high"]] = np.exp(summ[["mean", "ci_low", "ci_high"]].astype(float))
+    return summ
+
+
+def _whiskers(s: pd.Series | dict) -> tuple[float, float]:
+    """(below, above) the mean: asymmetric for intervals that are, 0 where there is none (one seed)."""
+    lo, hi, mean = float(s["ci_low"]), float(s["ci_high"]), float(s["mean"])
+    return (mean - lo if np.isfinite(lo) else 0.0, hi - mean if np.isfinite(hi) else 0.0)
+
+
 @PLOTS.register("acc_vs_params")
 def acc_vs_params(ctx: Context, out: Path) -> Figure:
     title = "Accuracy vs parameters (Pareto front)"
@@ -118,7 +133,7 @@ def tcn_vs_students(ctx: Context, out: Path) -> Figure:
     extras = varying_extras(df)
     keys = [*BASE_KEYS, *extras]
     acc = ctx.summary(df, col, keys)
-    tim = ctx.summary(df.assign(_t=numeric(df, "train_time_s")), "_t", keys)
+    tim = log_summary(ctx, df, "train_time_s", keys)
     datasets = sorted(set(df["dataset"]), key=dataset_rank)
     fig = MplFigure(figsize=(11.0, 3.8 * len(datasets)), layout="constrained")
     axes = fig.subplots(len(datasets), 2, squeeze=False)
@@ -130,7 +145,7 @@ def tcn_vs_students(ctx: Context, out: Path) -> Figure:
             for lk, line in sub.groupby(line_keys, sort=False):
                 line = line.sort_values("n_students")
                 name = label(pd.Series(dict(zip(line_keys, lk if isinstance(lk, tuple) else (lk,)))), extras)
-                err = [(_half(r)) for _, r in line.iterrows()]
+                err = np.array([_whiskers(r) for _, r in line.iterrows()]).T
                 ax.errorbar(line["n_students"].astype(float), line["mean"], yerr=err, marker="o", capsize=3,
                             label=name)
             ax.set_xlabel("number of students n")
@@ -140,12 +155,13 @@ def tcn_vs_students(ctx: Context, out: Path) -> Figure:
         if len(k):
             ax_a.axhline(float(numeric(k, col).mean()), color="0.4", linestyle=":", label=f"{ctx.baseline} (mean)")
         ax_a.set_ylabel("test accuracy (%)")
-        ax_t.set_ylabel("fit wall time (s)")
+        ax_t.set_ylabel("fit wall time (s), geometric mean")
+        ax_t.set_yscale("log")
         ax_a.set_title(f"{ds}: accuracy")
         ax_t.set_title(f"{ds}: training time")
         ax_a.legend(fontsize=7)
         ax_t.legend(fontsize=7)
-    fig.suptitle("TCN vs number of students; error bars: 95% CI")
+    fig.suptitle("TCN vs number of students; error bars: 95% CI (time: of the geometric mean, from log times)")
     return Figure("tcn_vs_students", title, save(fig, out, "tcn_vs_students"))
 
 

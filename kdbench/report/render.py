@@ -49,9 +49,30 @@ def markdown(table: Table, level: int = 3) -> str:
     return "\n".join(parts)
 
 
+INVALID_NOTE = ("These files in the results directory are not valid run records: no table counts them, "
+                "and a resumed sweep reruns their runs.")
+
+
+def invalid_heading(report: Report) -> str:
+    n = len(report.invalid)
+    return f"{n} invalid record file{'s' if n != 1 else ''} excluded"
+
+
+def invalid_lines(report: Report) -> list[str]:
+    """The warning block's items, `file`: reason (Markdown inline code, which LaTeX renders as texttt)."""
+    return [f"`{name}`: {reason}" for name, reason in report.invalid]
+
+
+def markdown_warning(report: Report) -> list[str]:
+    """The one warning block listing the record files the report could not use ([] when there are none)."""
+    if not report.invalid:
+        return []
+    return [f"## Warning: {invalid_heading(report)}", "", INVALID_NOTE, "", *[f"- {line}" for line in invalid_lines(report)], ""]
+
+
 def markdown_report(report: Report) -> str:
     """The whole report.md, in a fixed section order (no timestamps: regenerating gives the same bytes)."""
-    out = [f"# {report.title}", "", "## Protocol", ""]
+    out = [f"# {report.title}", "", *markdown_warning(report), "## Protocol", ""]
     out += [f"- {p}" for p in report.protocol] + [""]
     if report.overview:
         out += ["## Runs", ""] + [markdown(t) for t in report.overview]
@@ -219,7 +240,8 @@ def write_latex(out: Path, report: Report) -> list[Path]:
         atomic_write_text(p, INCLUDE_HEADER + latex(t))
         paths.append(p)
     doc = out / "tables.tex"
-    atomic_write_text(doc, latex_document(report.title, report.all_tables(), report.protocol))
+    warning = [f"Warning: {invalid_heading(report)}. {INVALID_NOTE}", *invalid_lines(report)] if report.invalid else []
+    atomic_write_text(doc, latex_document(report.title, report.all_tables(), [*warning, *report.protocol]))
     return [doc, *paths]
 
 

@@ -39,7 +39,8 @@ class Figure:
 
 @dataclass
 class Report:
-    """A whole report: protocol lines, overview, tables (and skipped ones), figures, appendix tables."""
+    """A whole report: protocol lines, overview, tables (and skipped ones), figures, appendix tables, and the
+    record files it could not use (one warning block, never silently dropped)."""
 
     title: str
     protocol: list[str]
@@ -48,6 +49,7 @@ class Report:
     figures: list[Figure] = field(default_factory=list)
     overview: list[Table] = field(default_factory=list)  # runs per cell
     appendix: list[Table] = field(default_factory=list)  # environment, deviations
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of excluded record files
 
     def all_tables(self) -> list[Table]:
         return [*self.overview, *self.tables, *self.appendix]
