@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 RECORD_SUFFIX = ".json"
 SUMMARY_FILE = "summary.json"  # the gate's baseline summary, kept beside its records: not a record
 # spec fields promoted to DataFrame columns (one row per run)
-SPEC_COLUMNS = ("method", "dataset", "teacher", "student", "budget", "n_students", "mode", "epochs", "seed")
+SPEC_COLUMNS = ("method", "dataset", "teacher", "student", "budget", "n_students", "mode", "epochs", "max_train", "seed")
 
 
 def _current_umask() -> int:
@@ -114,7 +114,7 @@ class _Bad(Exception):
 # field -> (types, what the message says); bool is never an integer here
 _REQUIRED = {"run_key": (str, "a string"), "status": (str, "a string"), "spec": (dict, "an object"),
              "metrics": (dict, "an object"), "code_version": (str, "a string")}
-_OPTIONAL = {"history": (list, "a list"), "deviations": (list, "a list"), "env": (dict, "an object"),
+_OPTIONAL = {"history": (list, "a list"), "deviations": (list, "a list"), "warnings": (list, "a list"), "env": (dict, "an object"),
              "data": (dict, "an object"), "teacher": ((dict, type(None)), "an object or null"),
              "error": (dict, "an object"), "started_at": (str, "a string"), "finished_at": (str, "a string")}
 STATUSES = ("ok", "failed")
@@ -167,6 +167,7 @@ def _check_fields(rec: dict[str, Any]) -> None:
             _typed(rec, name, types, what)
     _need(rec["status"] in STATUSES, f"status {rec['status']!r} is not one of {', '.join(STATUSES)}")
     _need(all(isinstance(d, str) for d in rec.get("deviations", [])), "field 'deviations' must list strings")
+    _need(all(isinstance(w, str) for w in rec.get("warnings", [])), "field 'warnings' must list strings")
     _need(all(isinstance(h, dict) for h in rec.get("history", [])), "field 'history' must list objects")
     if rec["status"] == "failed":
         _need(isinstance(rec.get("error"), dict) and isinstance(rec["error"].get("message"), str),

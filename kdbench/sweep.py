@@ -442,10 +442,14 @@ def check_params(params: Mapping[str, Any], methods: Sequence[str], where: str =
 # ---------------------------------------------------------------------------------------------
 # Plan: resolved runs and what is already done
 # ---------------------------------------------------------------------------------------------
+PLAN_STATES = {"done": "done", "failed": "failed before, will rerun", "invalid": "invalid record, will rerun",
+               "todo": "to run"}
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     resolved: Any  # runner.Resolved
-    status: str  # "done" (ok record exists), "failed" (failed record: will be redone), "todo"
+    status: str  # a key of PLAN_STATES
 
     @property
     def key(self) -> str:
@@ -488,8 +492,12 @@ def plan(spec: SweepSpec, out_dir: str | Path) -> list[PlannedRun]:
     out = Path(out_dir)
     planned = []
     for r in runs:
-        rec = store.read_record(store.record_path(out, r.key)) if out.is_dir() else None
-        status = "todo" if rec is None else ("done" if rec.get("status") == "ok" else "failed")
+        path = store.record_path(out, r.key)
+        rec = store.load_record(path) if path.is_file() else None
+        if isinstance(rec, store.Invalid):
+            status = "invalid"
+        else:
+            status = "todo" if rec is None else ("done" if rec.get("status") == "ok" else "failed")
         planned.append(PlannedRun(r, status))
     return planned
 
@@ -497,7 +505,7 @@ def plan(spec: SweepSpec, out_dir: str | Path) -> list[PlannedRun]:
 def plan_table(planned: Sequence[PlannedRun]) -> pd.DataFrame:
     rows = [{"run_key": p.key, "method": p.spec.method, "mode": p.spec.mode or "", "n": p.spec.n_students,
              "student": p.spec.student, "dataset": p.spec.dataset, "seed": p.spec.seed, "epochs": p.spec.epochs,
-             "state": {"done": "done", "failed": "failed before, will rerun", "todo": "to run"}[p.status]}
+             "state": PLAN_STATES[p.status]}
             for p in planned]
     return pd.DataFrame(rows)
 

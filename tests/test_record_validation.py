@@ -212,3 +212,20 @@ def test_resume_reruns_invalid_records(tmp_path: Path, capsys) -> None:
     assert {k: comparable(r) for k, r in again.items()} == {k: comparable(r) for k, r in clean.items()}
     assert store.read_records(out)[1] == []
 
+
+
+def test_dry_run_names_an_invalid_record(tmp_path, monkeypatch, capsys):
+    """The plan shows an invalid record as such (it will rerun), not as a run never made."""
+    from kdbench.cli import main
+
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["sweep", "--method", "student", "--dataset", "digits", "--max-train", "60", "--epochs", "1", "--seeds", "1",
+            "--no-latency", "--out", str(out)]
+    assert main(args) == 0
+    record = next(out.glob("student-*.json"))
+    record.write_text(record.read_text()[:40])  # truncated
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "invalid record, will rerun" in text and "1 invalid records (will rerun)" in text

@@ -3,6 +3,7 @@ LaTeX that compiles, figures, paper-vs-kdbench verdicts and the CLI."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -39,10 +40,10 @@ MSE = {1: [[0.30], [0.32], [0.34]], 2: [[0.20, 0.40], [0.22, 0.42], [0.24, 0.44]
 
 
 def _write(out: Path, method: str, mode: str | None, n: int, seed: int, metrics: dict, dataset: str = "mnist",
-           student: str = "auto", devs: tuple[str, ...] = ()) -> None:
+           student: str = "auto", devs: tuple[str, ...] = (), **spec_fields) -> None:
     spec = {"method": method, "dataset": dataset, "teacher": "auto", "student": student, "budget": "paper",
             "n_students": n, "mode": mode, "epochs": None, "seed": seed, "params": {}, "params_changed": {},
-            "teacher_recipe": None, "split_seed": 0}
+            "teacher_recipe": None, "split_seed": 0, **spec_fields}
     key = store.spec_key(spec, "test")
     base = {"teacher_test_acc": 98.9, "teacher_params": 2380938, "teacher_flops": 26_460_000}
     teacher = {"key": f"paper-mnist-teacher-{dataset}", "arch": "paper-mnist-teacher", "dataset": dataset, "source": "trained",
@@ -401,3 +402,52 @@ def test_time_whiskers_never_reach_below_zero(records: Path):
     assert (arithmetic["ci_low"] < 0).any()  # the defect: a negative whisker
     assert (geometric["ci_low"].dropna() > 0).all() and (geometric["ci_low"] <= geometric["mean"]).all()
     assert (geometric["mean"] <= geometric["ci_high"]).all()
+
+
+def test_paper_vs_kdbench_kdgan_table1_matches_train_subsets(tmp_path: Path):
+    """Each KDGAN row (train images, method) meets the kdbench cell of the same `max_train` only."""
+    out = tmp_path / "kdgan"
+    for n_images, kd_acc in ((100, 60.0), (1000, 90.0)):
+        for seed in range(3):
+            for method, acc in (("kd", kd_acc), ("kdgan", kd_acc + 5), ("student", kd_acc - 5)):
+                _write(out, method, None, 1, seed, {"test_acc_valbest": acc + seed, "test_acc": acc},
+                       student="kdgan-mlp", max_train=n_images)
+    ctx = ctx_for(out)
+    table = build_comparison(ctx, COMPARISONS.get("kdgan_table1")(ctx))
+    data = table.data.set_index(["train images", "method"])
+    assert data.loc[("100", "distn"), "mean"] == pytest.approx(61.0)
+    assert data.loc[("1000", "distn"), "mean"] == pytest.approx(91.0)
+    assert data.loc[("1000", "kdgan"), "mean"] == pytest.approx(96.0)
+    assert data.loc[("1000", "kdgan"), "published"] == pytest.approx(96.42)
+    assert data.loc[("10000", "kdgan"), "kdbench_cell"] == "not run"
+    # the cells of different subsets stay apart in the ordinary tables too
+    assert set(ctx.summary(ctx.df, "test_acc_valbest", ["method", "max_train"])["max_train"]) == {100, 1000}
+
+
+def test_every_shipped_reference_table_parses():
+    from importlib import resources
+
+    from kdbench.report.paper import reference
+
+    names = [p.name[:-4] for p in (resources.files("kdbench") / "reference").iterdir() if p.name.endswith(".csv")]
+    assert {"kdgan_table1", "ft_reference", "takd_table1", "tcn_table3_accuracy"} <= set(names)
+    for name in names:
+        table = reference(name)
+        assert len(table) and "" not in table.columns, name
+
+
+def test_learning_curves_average_the_histories_of_seeds(tmp_path: Path):
+    from kdbench.report.plots import curve_frame, learning_curves
+
+    out = tmp_path / "curves"
+    for seed in range(2):
+        _write(out, "kd", None, 1, seed, {"test_acc_valbest": 90.0, "test_acc": 90.0})
+    for path in out.glob("*.json"):  # histories: val_acc 80 + 10 * epoch + seed
+        rec = json.loads(path.read_text())
+        rec["history"] = [{"epoch": e, "val_acc": 80.0 + 10 * e + rec["spec"]["seed"]} for e in (1, 2)]
+        path.write_text(json.dumps(rec))
+    ctx = ctx_for(out)
+    frame = curve_frame(ctx, ["dataset", "method"])
+    assert frame.groupby("step")["val_acc"].mean().tolist() == [90.5, 100.5]
+    fig = learning_curves(ctx, tmp_path / "report")
+    assert fig.files and (tmp_path / "report" / fig.files[0]).read_bytes()[:4] == b"\x89PNG"

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             result = sweep(preset=args.preset, config=args.config, out=args.out, executor=args.executor,
                            workers=args.workers, threads=args.threads, address=args.address, data_root=args.data_root,
                            latency=not args.no_latency, dry_run=args.dry_run, report=args.report,
-                           report_name=args.report_name, **overrides(args))
+                           report_name=args.report_name, trackers=args.log, **overrides(args))
     except KeyboardInterrupt as e:
         sig = interrupt_signal(e)
         print(f"kdbench: interrupted by {sig.name}; the finished runs' records are kept, the same command resumes",
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{title}: {len(result.planned)} runs into {result.out_dir}")
         print_table(result.plan_table().to_dict("records"))
         states = [p.status for p in result.planned]
-        print(f"{states.count('done')} done, {states.count('failed')} failed before (will rerun), "
+        invalid = f"{states.count('invalid')} invalid records (will rerun), " if "invalid" in states else ""
+        print(f"{states.count('done')} done, {states.count('failed')} failed before (will rerun), {invalid}"
               f"{states.count('todo')} to run; dry run: nothing was run")
         return 0
     print()

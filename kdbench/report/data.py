@@ -23,7 +23,7 @@ from ..registry import Registry
 # spec columns that identify a cell besides the seed (the base ones always, the extra ones only when
 # they vary inside a base cell, so that runs of different students never share a mean)
 BASE_KEYS = ("dataset", "method", "mode", "n_students", "variant")
-EXTRA_KEYS = ("teacher", "student", "budget", "epochs")
+EXTRA_KEYS = ("teacher", "student", "budget", "epochs", "max_train")  # cells differ by these when they vary
 
 METHOD_ORDER = ("teacher", "student", "kd", "takd", "kdgan", "ft", "tcn")
 METHOD_LABELS = {"teacher": "Teacher", "student": "Student (no KD)", "kd": "KD", "takd": "TAKD",
@@ -66,6 +66,7 @@ class Results:
     extras: dict[str, list[str]] = field(default_factory=dict)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_key -> the record's `teacher` block
     invalid: list[store.Invalid] = field(default_factory=list)  # record files that failed validation, excluded
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # run_key -> per-epoch history
 
 
 def paper_dataset(name: str) -> tuple[str | None, str | None]:
@@ -131,7 +132,8 @@ def load(results_dir: str | Path) -> Results:
                    deviations={k: [str(d) for d in (r.get("deviations") or [])] for k, r in by_key.items()},
                    env={k: dict(r.get("env") or {}) for k, r in by_key.items()},
                    teachers={k: dict(r["teacher"]) for k, r in by_key.items() if isinstance(r.get("teacher"), dict)},
-                   n_failed=len(records) - len(ok), source=path.resolve().name or "results", invalid=invalid)
+                   n_failed=len(records) - len(ok), source=path.resolve().name or "results", invalid=invalid,
+                   histories={k: [h for h in (r.get("history") or []) if isinstance(h, dict)] for k, r in by_key.items()})
 
 
 def _not_counted(failed: int, invalid: list[store.Invalid]) -> str:

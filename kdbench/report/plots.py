@@ -1,5 +1,5 @@
 """Figures of a report (matplotlib, Agg canvas, PNG and PDF): accuracy vs parameters with the Pareto
-front, accuracy and training time vs number of students, per-student feature MSE.
+front, accuracy and training time vs number of students, per-student feature MSE, learning curves.
 
 Figures are drawn on their own `Figure` objects (no pyplot state), and saved without timestamps."""
 from __future__ import annotations
@@ -195,8 +195,56 @@ def feature_mse(ctx: Context, out: Path) -> Figure:
     return Figure("feature_mse", title, save(fig, out, "feature_mse"))
 
 
+CURVES = (("val_acc", "val accuracy (%)"), ("val_mse", "val feature MSE"))
+
+
+def curve_frame(ctx: Context, keys: list[str]) -> pd.DataFrame:
+    """One row per (run, epoch) of the runs' histories: the key columns, `step` (1-based position in the
+    history, across a method's stages) and the curve metrics present."""
+    rows = []
+    for _, run in ctx.df.iterrows():
+        for step, h in enumerate(ctx.results.histories.get(run["run_key"], []), start=1):
+            vals = {m: h[m] for m, _ in CURVES if isinstance(h.get(m), (int, float)) and not isinstance(h.get(m), bool)}
+            if vals:
+                rows.append({**{k: run[k] for k in keys}, "seed": run["seed"], "step": step, **vals})
+    return pd.DataFrame(rows)
+
+
+@PLOTS.register("learning_curves")
+def learning_curves(ctx: Context, out: Path) -> Figure:
+    title = "Learning curves (val accuracy and feature MSE per epoch)"
+    extras = varying_extras(ctx.df)
+    keys = [*BASE_KEYS, *extras]
+    frame = curve_frame(ctx, keys)
+    metrics = [(m, name) for m, name in CURVES if m in frame.columns and frame[m].notna().any()]
+    if frame.empty or not metrics:
+        return Figure("learning_curves", title, reason="no run history with `val_acc` or `val_mse` per epoch")
+    datasets = sorted(set(frame["dataset"]), key=dataset_rank)
+    colour = {cell: i for i, (cell, _) in enumerate(frame.groupby(keys, sort=False))}  # one colour per cell, both panels
+    fig = MplFigure(figsize=(6.0 * len(metrics), 3.8 * len(datasets)), layout="constrained")
+    axes = fig.subplots(len(datasets), len(metrics), squeeze=False)
+    for row, ds in zip(axes, datasets):
+        sub = frame[frame["dataset"] == ds]
+        for ax, (metric, name) in zip(row, metrics):
+            have = sub[sub[metric].notna()]
+            for cell, line in have.groupby(keys, sort=False):
+                i = colour[cell]
+                mean = line.groupby("step")[metric].mean()
+                ax.plot(mean.index, mean.to_numpy(), marker=MARKERS[i % len(MARKERS)], markersize=3, color=_color(i),
+                        label=label(pd.Series(dict(zip(keys, cell))), extras))
+            ax.set_xlabel("epoch (across a method's stages)")
+            ax.set_ylabel(name)
+            ax.set_title(f"{ds}: {name}")
+            ax.grid(True, alpha=0.3)
+            if metric == "val_mse":
+                ax.set_yscale("log")
+            ax.legend(fontsize=6)
+    fig.suptitle("Learning curves: mean over seeds per epoch")
+    return Figure("learning_curves", title, save(fig, out, "learning_curves"))
+
+
 def draw_all(ctx: Context, out: Path) -> list[Figure]:
     """Every registered plot (a plot with no data is returned with its reason, not drawn)."""
-    order = ("acc_vs_params", "tcn_vs_students", "feature_mse")
+    order = ("acc_vs_params", "tcn_vs_students", "feature_mse", "learning_curves")
     names = [n for n in order if n in PLOTS] + [n for n in PLOTS.names() if n not in order]
     return [PLOTS.get(n)(ctx, out) for n in names]
