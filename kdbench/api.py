@@ -41,6 +41,7 @@ class SweepResult:
     skipped: int = 0
     dry_run: bool = False
     report_dir: Path | None = None
+    latency: Any = None  # the quiet latency pass's kdbench.latency.PassResult (None when it did not run)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -104,13 +105,15 @@ def _nearest_existing(p: Path) -> Path | None:
 
 
 def preflight(datasets: Iterable[str], out: str | Path | None, data_root: str | Path | None, *,
-              local: bool = True) -> None:
+              local: bool = True, runs: Sequence[Any] = ()) -> None:
     """What can be known about the environment before training, checked now, cheapest first: the
-    cache folder, that --out takes records, then the data (missing or unreadable files), so that a
-    run never fails on them after its work. `local=False` (a remote Ray cluster) skips the cache
-    and the data, which live on the cluster's nodes."""
+    cache folder, that --out takes records, then the data (missing or unreadable files) and what the
+    `runs` (resolved) ask of it (a teacher normalisation per input channel), so that a run never fails
+    on them after its work. `local=False` (a remote Ray cluster) skips the cache and the data, which
+    live on the cluster's nodes."""
     from .cache import check_cache_root
     from .data.api import check_dataset
+    from .teachers import check_teacher_inputs
 
     if local:
         check_cache_root()
@@ -119,31 +122,48 @@ def preflight(datasets: Iterable[str], out: str | Path | None, data_root: str | 
     if local:
         for name in dict.fromkeys(datasets):
             check_dataset(name, data_root)
+        check_teacher_inputs(runs, data_root)
 
 
 def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = None, config: str | Path | None = None,
           out: str | Path | None = None, executor: str = "local", workers: int = 1, threads: int | None = None,
           address: str | None = None, data_root: str | Path | None = None, latency: bool = True, dry_run: bool = False,
           report: bool = False, report_dir: str | Path = "reports", report_name: str | None = None,
-          progress: bool | None = None, log: Callable[[str], None] | None = print, **fields: Any) -> SweepResult:
+          progress: bool | None = None, log: Callable[[str], None] | None = print,
+          trackers: str | Sequence[str] | None = None, latency_threads: int = 1, **fields: Any) -> SweepResult:
     """Expand a grid, validate every run, skip the ones already done in `out`, run the rest.
 
     `fields` are the sweep fields of `kdbench sweep` / a YAML config: dataset, students, mode, seeds
     (a count or a list), budget, student, teacher, teacher_epochs, epochs, batch_size, lr,
-    val_fraction, split_seed, max_train, device, params (a dict). They override the preset / config.
+    val_fraction, split_seed, max_train, device, params (a dict), data_options (a dict: the dataset's
+    options, e.g. {"maxlen": 200}). They override the preset / config.
     A failed run is recorded and the sweep goes on; bad input raises KdbenchError before anything is written.
+    `trackers` (`--log`): e.g. "tensorboard,mlflow" or ["wandb"], fed by every run (kdbench.tracking);
+    `log` is where progress lines go.
+    `latency`: time inference after training in the quiet pass (kdbench.latency, `latency_threads`
+    torch threads), one model at a time, for the planned runs not yet timed; on a remote Ray cluster
+    (`address`) the runs time themselves on their nodes instead.
+    `teacher` may be an nn.Module (its weights are the teacher; `dense=` names the layer whose input is
+    the dense representation, or is a function `dense(model, x)`); `normalize=` is `teacher_normalize`.
     """
     from .executors import EXECUTORS
+    from .teachers import api_teacher_fields, check_sendable
+    from .tracking import setup
 
+    fields = api_teacher_fields(fields)
     spec = SweepSpec.build(preset=preset, config=config, overrides={"method": method, **fields})
     out_dir = resolve_out(spec, out)
+    track = setup(trackers, out_dir)  # unknown or missing trackers: one line, before anything runs
     planned = plan(spec, out_dir)  # validates every run
     executor_cls = EXECUTORS.get(executor)
-    for name, value in (("workers", workers), ("threads", threads)):
+    for name, value in (("workers", workers), ("threads", threads), ("latency-threads", latency_threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise KdbenchError(f"--{name} must be an integer >= 1, got {value!r}")
+    quiet = latency and not (executor == "ray" and address)  # a remote cluster's nodes hold the data
     if address and executor != "ray":
         raise KdbenchError("--address is for --executor ray")
+    if executor == "local" and workers > 1:  # pickled to the pool's processes (Ray's cloudpickle takes more)
+        check_sendable(p.resolved.module_teacher for p in planned)
     name = (report_name or spec.name or out_dir.name) if report else None
     if name is not None:
         check_report_name(name)  # not after the whole sweep ran
@@ -152,13 +172,19 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
                            skipped=sum(p.status == "done" for p in planned))
     todo = [p for p in planned if p.status != "done"]
     if todo:  # a remote cluster's nodes have their own data roots and caches
-        preflight([p.spec.dataset for p in todo], out_dir, data_root, local=not (executor == "ray" and address))
+        preflight([p.spec.dataset for p in todo], out_dir, data_root, local=not (executor == "ray" and address),
+                  runs=[p.resolved for p in todo])
     skipped = len(planned) - len(todo)
     ran = 0
     if todo:
         ran = _execute(todo, out_dir, executor_cls, workers=workers, threads=threads, address=address,
-                       data_root=data_root, latency=latency, progress=progress, log=log)
-    result = SweepResult(out_dir, spec, planned, _records(out_dir, planned), ran=ran, skipped=skipped)
+                       data_root=data_root, latency=latency and not quiet, progress=progress, log=log, track=track)
+    timed = None
+    if quiet and out_dir.is_dir():
+        from .latency import quiet_pass
+
+        timed = quiet_pass(out_dir, [p.key for p in planned], threads=latency_threads, data_root=data_root, log=log)
+    result = SweepResult(out_dir, spec, planned, _records(out_dir, planned), ran=ran, skipped=skipped, latency=timed)
     if name is not None:
         result.report_dir = _report(out_dir, report_dir, name, log)
     return result
@@ -175,7 +201,7 @@ def _records(out_dir: Path, planned: Sequence[PlannedRun]) -> list[dict[str, Any
 
 def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, workers: int, threads: int | None,
              address: str | None, data_root: str | Path | None, latency: bool, progress: bool | None,
-             log: Callable[[str], None] | None) -> int:
+             log: Callable[[str], None] | None, track: Any = None) -> int:
     from tqdm.auto import tqdm
 
     from .engine import progress_enabled
@@ -194,7 +220,7 @@ def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, w
             # appears later is a concurrent sweep's, not one to compute again
             jobs = [make_job(p.resolved, out_dir, data_root=str(data_root) if data_root else None, latency=latency,
                              threads=ex.threads_per_run(), progress=(None if show else False) if in_process else False,
-                             write=ex.writes_in_worker)
+                             write=ex.writes_in_worker, track=track)
                     for p in todo]
             if ex.prepares_in_parent:
                 prepare([p.resolved for p in todo], data_root, progress=show, log=say)
@@ -238,15 +264,20 @@ def _report(out_dir: Path, report_dir: str | Path, name: str, log: Callable[[str
 
 
 def run(method: str, *, out: str | Path | None = None, data_root: str | Path | None = None, latency: bool = True,
-        progress: bool | None = None, **fields: Any) -> dict[str, Any]:
+        progress: bool | None = None, trackers: str | Sequence[str] | None = None, **fields: Any) -> dict[str, Any]:
     """One run (`kdbench run`): returns its record; with `out`, also writes it there (failures as
-    `failed` records). Without `out` a failure raises."""
+    `failed` records). Without `out` a failure raises. `trackers` (`--log`) also get its epochs and
+    record; their local stores go under `out` (else the current directory). `teacher=`, `dense=`,
+    `normalize=`: as for `sweep`."""
     from .runner import execute, resolve
     from .runner import run as run_spec
+    from .teachers import api_teacher_fields
+    from .tracking import setup
 
     path = check_out_dir(out) if out is not None else None
-    r = resolve(RunSpec.from_dict({"method": method, **fields}))
-    preflight([r.spec.dataset], path, data_root)
+    track = setup(trackers, path if path is not None else Path("."))
+    r = resolve(RunSpec.from_dict({"method": method, **api_teacher_fields(fields)}))
+    preflight([r.spec.dataset], path, data_root, runs=[r])
     if path is None:
-        return run_spec(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r)
-    return execute(r.spec, path, data_root=data_root, progress=progress, latency=latency, resolved=r)
+        return run_spec(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
+    return execute(r.spec, path, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)

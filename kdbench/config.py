@@ -36,7 +36,9 @@ class TeacherRecipe:
 
 # Fields added after the first committed records, with their defaults: they enter a run's canonical
 # spec (and so its run key) only when set to something else.
-LATE_FIELDS: dict[str, Any] = {"augment": "none", "teacher_normalize": None}
+LATE_FIELDS: dict[str, Any] = {"augment": "none", "teacher_normalize": None, "amp": None, "compile": False,
+                               "data_options": {}}
+AMP_DTYPES = ("bf16", "fp16")  # --amp: autocast dtypes of student training (kdbench.engine.train)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class RunSpec:
     method: str
     dataset: str = "mnist"
     params: dict[str, Any] = field(default_factory=dict)  # method hyperparameters (validated by the method)
-    teacher: str = "auto"  # zoo name, "auto" (the dataset's paper teacher), or "file:PATH" (imported checkpoint)
+    teacher: str = "auto"  # zoo name, "auto" (the dataset's paper teacher), "file:[ARCH=]PATH" or "file:pkg.module:Class=PATH"
+    # (imported checkpoint), or "module:CLASS@CHECKSUMS" (an nn.Module passed to kdbench.run / sweep in Python)
     teacher_recipe: TeacherRecipe | None = None  # None: the dataset's default recipe
     student: str = "auto"  # zoo name, or "auto" = the budget student for n_students
     budget: str = "paper"  # budget family for "auto" students
@@ -62,6 +65,9 @@ class RunSpec:
     device: str = "auto"
     augment: str = "none"  # training-batch augmentation (see kdbench.augment); with it the teacher runs in the loop
     teacher_normalize: str | None = None  # input normalisation of the teacher model (imported weights need theirs)
+    amp: str | None = None  # mixed precision of student training: None (float32), "bf16" or "fp16" (with grad scaling)
+    compile: bool = False  # torch.compile the trained models (forward compiled in place, state dict names unchanged)
+    data_options: dict[str, Any] = field(default_factory=dict)  # the dataset's options that differ from its defaults (maxlen, ...)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, except the late ones at their default (so run keys made before they existed stay valid)."""
@@ -122,8 +128,12 @@ def check_fields(spec: "RunSpec") -> None:
         value = getattr(spec, name)
         need(isinstance(value, str) and bool(value.strip()), name, "a non-empty string", value)
     need(spec.mode is None or (isinstance(spec.mode, str) and bool(spec.mode)), "mode", "a name or null", spec.mode)
+    need(spec.amp is None or spec.amp in AMP_DTYPES, "amp", f"one of {', '.join(AMP_DTYPES)} (or null)", spec.amp)
+    need(isinstance(spec.compile, bool), "compile", "true or false", spec.compile)
     need(isinstance(spec.params, dict) and all(isinstance(k, str) for k in spec.params), "params",
          "a mapping of parameter names to values", spec.params)
+    need(isinstance(spec.data_options, dict) and all(isinstance(k, str) for k in spec.data_options), "data_options",
+         "a mapping of dataset option names to values", spec.data_options)
     need(_is_int(spec.n_students) and spec.n_students >= 1, "n_students", "an integer >= 1", spec.n_students)
     for name in ("seed", "split_seed"):
         value = getattr(spec, name)
@@ -173,19 +183,19 @@ def parse_value(text: str) -> Any:
         return low
 
 
-def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """Parse `key=value` pairs (each item may hold several, comma-separated)."""
+def parse_params(items: list[str] | None, flag: str = "--param") -> dict[str, Any]:
+    """Parse `key=value` pairs (each item may hold several, comma-separated) of option `flag`."""
     out: dict[str, Any] = {}
     for item in items or []:
         for part in _split_top_level(item):
             if not part.strip():
                 continue
             if "=" not in part:
-                raise KdbenchError(f"--param {part!r} is not of the form key=value")
+                raise KdbenchError(f"{flag} {part!r} is not of the form key=value")
             key, value = part.split("=", 1)
             key = key.strip()
             if not key.isidentifier():
-                raise KdbenchError(f"--param key {key!r} is not a valid name")
+                raise KdbenchError(f"{flag} key {key!r} is not a valid name")
             out[key] = parse_value(value)
     return out
 

@@ -77,6 +77,35 @@ def iterate_batches(
         yield Batch(x.index_select(0, idx_dev), y.index_select(0, idx_dev), idx_dev)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """float32, or autocast to bf16 / fp16 for the forward passes and losses; fp16 gradients are scaled
+    (`torch.amp.GradScaler`, one per step: each optimiser has its own scale and inf checks)."""
+
+    def __init__(self, amp: str | None, device_type: str, n_steps: int):
+        if amp is not None and amp not in AMP_DTYPES:
+            raise KdbenchError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        self.dtype = AMP_DTYPES.get(amp) if amp else None
+        self.device_type = device_type
+        scale = amp == "fp16"
+        self.scalers = [torch.amp.GradScaler(device_type, enabled=scale) for _ in range(n_steps)] if scale else []
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def step(self, index: int, total: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if not self.scalers:
+            total.backward()
+            optimizer.step()
+            return
+        scaler = self.scalers[index]
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -96,18 +125,23 @@ def train(
     seed: int = 0,
     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     desc: str = "train",
     drop_last: bool = False,
     progress: bool | None = None,
+    amp: str | None = None,
 ) -> TrainResult:
     """Train `modules` with `steps` for `epochs` over (x, y); validate after each epoch with `evaluate`.
 
     `modules` are the trainable modules: put in train mode for the steps, eval mode for validation,
     and snapshotted at the best validation score (ties keep the earlier epoch). `transform(x, gen)`
     (the run's augmentation, see kdbench.augment) replaces each training batch's x before its steps,
-    drawing from the same seeded generator as the batch order.
+    drawing from the same seeded generator as the batch order. `on_epoch_end(row)` gets a copy of
+    each epoch's history row as soon as it is complete (experiment tracking, kdbench.tracking).
+    `amp` ("bf16" / "fp16") runs the losses under autocast; fp16 scales the gradients (one scaler per step).
     """
     gen = torch.Generator().manual_seed(seed)
+    precision = Precision(amp, x.device.type, len(steps))
     history: list[dict[str, float]] = []
     best_score, best_epoch = -math.inf if higher_is_better else math.inf, 0
     best_state = {name: snapshot(m) for name, m in modules.items()}
@@ -127,17 +161,17 @@ def train(
             for batch in iterate_batches(x, y, batch_size, gen, drop_last):
                 if transform is not None:
                     batch.x = transform(batch.x, gen)
-                for step in steps:
+                for i, step in enumerate(steps):
                     for _ in range(step.repeat):
-                        losses = step.loss_fn(batch)
-                        total = sum(losses.values())
+                        with precision.autocast():
+                            losses = step.loss_fn(batch)
+                            total = sum(losses.values())
                         value = float(total.detach())
                         if not math.isfinite(value):
                             bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
                             raise DivergenceError(epoch, step.name, bad, value)
                         step.optimizer.zero_grad(set_to_none=True)
-                        total.backward()
-                        step.optimizer.step()
+                        precision.step(i, total, step.optimizer)
                     for k, v in losses.items():
                         key = f"{step.name}/{k}" if len(steps) > 1 else k
                         sums[key] = sums.get(key, 0.0) + float(v.detach())
@@ -160,6 +194,8 @@ def train(
             else:  # no validation: the last epoch is the selected one
                 best_epoch, best_state = epoch, {name: snapshot(m) for name, m in modules.items()}
             history.append(row)
+            if on_epoch_end is not None:
+                on_epoch_end(dict(row))
             log.info("%s epoch %d/%d: %s", desc, epoch, epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
     finally:

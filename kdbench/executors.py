@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import store
 from .config import CODE_VERSION, canonical_json
 from .errors import KdbenchError
-from .registry import Registry
+from .registry import IMPORT_ENV, Registry, import_from_env, import_modules, worker_modules
 
 try:
     import fcntl
@@ -59,6 +59,7 @@ class Job:
     write: bool = True  # the worker writes the record (False: the driver writes it; no lock is taken)
     wait: bool = False  # another process held the run's lock: wait for it instead of skipping
     seen: tuple[int, int] | None = None  # the record file as planned (inode, mtime); changed: another process ran it
+    track: Any = None  # tracking.Tracking: trackers that also get the run's epochs and record (none: None)
 
     @property
     def key(self) -> str:
@@ -119,11 +120,11 @@ def _compute(job: Job) -> Finished:
     try:
         if job.write:
             record = execute(job.resolved.spec, job.out_dir, data_root=job.data_root, progress=job.progress,
-                             latency=job.latency, resolved=job.resolved)
+                             latency=job.latency, resolved=job.resolved, track=job.track)
         else:
             with tempfile.TemporaryDirectory(prefix="kdbench-run-") as tmp:
                 record = execute(job.resolved.spec, tmp, data_root=job.data_root, progress=job.progress,
-                                 latency=job.latency, resolved=job.resolved)
+                                 latency=job.latency, resolved=job.resolved, track=job.track)
     finally:
         if job.threads:
             torch.set_num_threads(previous)
@@ -313,6 +314,7 @@ def _serial_map(jobs: Sequence[Job]) -> Iterator[Finished]:
 
 
 _STARTED: Any = None  # in a pool worker: queue on which each run announces its start
+_IMPORT_ERROR: str | None = None  # in a pool worker: why the user's plugin modules did not import
 
 
 def gpu_for_worker(slot: int, n_gpus: int, visible: str | None) -> str | None:
@@ -326,13 +328,18 @@ def _init_worker(threads: int | None, started: Any = None, env: dict[str, str] |
                  slots: Any = None, n_gpus: int = 0, sweep_pid: int | None = None) -> None:
     """Pool worker set-up: the parent's KDBENCH_* settings as of now (a forkserver started earlier
     holds old ones), a GPU of its own where there are several, die with the sweep process, leave
-    Ctrl-C to it (it kills us), use our share of the threads, stay quiet."""
-    global _STARTED
+    Ctrl-C to it (it kills us), use our share of the threads, stay quiet, import the user's plugin
+    modules ($KDBENCH_IMPORT: their datasets and models exist here too)."""
+    global _STARTED, _IMPORT_ERROR
     _STARTED = started
     if env is not None:
         for k in [k for k in os.environ if k.startswith("KDBENCH_") and k not in env]:
             del os.environ[k]
         os.environ.update(env)
+    try:
+        import_from_env()
+    except KdbenchError as e:  # each run of this worker records it (an initializer error would break the pool)
+        _IMPORT_ERROR = str(e)
     if slots is not None and n_gpus > 1:  # before this process touches CUDA (the forkserver never does)
         with slots.get_lock():
             slot, slots.value = slots.value, slots.value + 1
@@ -394,7 +401,12 @@ def _alive(pid: int) -> bool:
 
 
 def _kdbench_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith("KDBENCH_")}
+    """The KDBENCH_* settings workers get; $KDBENCH_IMPORT also names the modules `--import` imported here."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("KDBENCH_")}
+    modules = worker_modules()
+    if modules:
+        env[IMPORT_ENV] = ",".join(modules)
+    return env
 
 
 def _mp_context() -> Any:
@@ -419,6 +431,14 @@ def _cuda_count() -> int:
 def _pool_run(job: Job) -> Finished | None:
     if _STARTED is not None:
         _STARTED.put(job.key)
+    if _IMPORT_ERROR is not None:
+        raise KdbenchError(f"in a worker process: {_IMPORT_ERROR}")
+    return run_job(job)
+
+
+def _ray_run(job: Job, modules: Sequence[str]) -> Finished | None:
+    """A Ray task: the driver's plugin modules first (their datasets and models), then the run."""
+    import_modules(modules, f"${IMPORT_ENV} (Ray worker)")
     return run_job(job)
 
 
@@ -547,8 +567,9 @@ class RayExecutor(Executor):
 
     def map(self, jobs: Sequence[Job]) -> Iterator[Finished]:
         ray = self.ray
-        task = ray.remote(num_cpus=self.threads, max_retries=0)(run_job)
-        pending = {task.remote(job): job for job in jobs}
+        task = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_run)
+        modules = worker_modules()
+        pending = {task.remote(job, modules): job for job in jobs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -595,7 +616,7 @@ def prepare(resolved: Sequence[Any], data_root: str | Path | None, progress: boo
 
     for r in resolved:
         s = r.spec
-        data_id = canonical_json([s.dataset, s.val_fraction, s.split_seed, s.max_train])
+        data_id = canonical_json([s.dataset, s.val_fraction, s.split_seed, s.max_train, s.data_options])
         if data_id not in data_ok:
             try:
                 last = (data_id, load_data(s, data_root))

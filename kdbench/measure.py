@@ -1,6 +1,8 @@
 """Measurements of DESIGN.md §4: parameters, MACs/FLOPs (fvcore), latency, peak memory, environment."""
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import platform
 import resource
@@ -9,8 +11,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -19,20 +24,119 @@ from . import __version__
 from .models.placement import memory_format_name
 
 
+# ------------------------------------------------------------------------------------------- latency
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a quiet latency measurement stops: after `warmup` untimed calls, timed calls are added
+    until the `confidence` CI of their median is within `rel_halfwidth` of the median (at least
+    `min_repeats` calls), or until `max_repeats` calls or `max_seconds` of timing (then `capped`)."""
+
+    rel_halfwidth: float = 0.10
+    confidence: float = 0.95
+    warmup: int = 5
+    min_repeats: int = 10
+    max_repeats: int = 2000
+    max_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One adaptive measurement: the median (ms), its CI, how many timed calls and whether a cap stopped it."""
+
+    median_ms: float
+    ci_ms: tuple[float, float]
+    repeats: int
+    capped: bool
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ci_ms": list(self.ci_ms)}
+
+
+def median_ci(sorted_values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free CI of the median from order statistics: the number B of values below the
+    median is Binomial(n, 1/2), so [x_(r), x_(n-1-r)] (0-based, sorted) misses it with probability
+    2 P(B <= r); r is the largest index keeping that <= 1 - `confidence`. (-inf, inf) when n is too
+    small for any (n < 6 at 95%)."""
+    n = len(sorted_values)
+    r = _median_ci_rank(n, confidence)
+    if r < 0:
+        return -math.inf, math.inf
+    return float(sorted_values[r]), float(sorted_values[n - 1 - r])
+
+
+@lru_cache(maxsize=4096)
+def _median_ci_rank(n: int, confidence: float) -> int:
+    """The 0-based rank r of `median_ci` for n values (-1: none covers); cached, as a measurement
+    asks again after every timed call."""
+    from scipy.stats import binom
+
+    if n == 0:
+        return -1
+    tail = (1.0 - confidence) / 2.0
+    k = int(binom.ppf(tail, n, 0.5))  # smallest k with P(B <= k) >= tail
+    return k if binom.cdf(k, n, 0.5) <= tail else k - 1
+
+
+def ci_within(median: float, ci: tuple[float, float], rel_halfwidth: float) -> bool:
+    """Both ends of the CI lie within `rel_halfwidth` of the median."""
+    return math.isfinite(ci[0]) and math.isfinite(ci[1]) and max(median - ci[0], ci[1] - median) <= rel_halfwidth * median
+
+
+def sample_until(sample: Callable[[], float], rule: StopRule, clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Call `sample()` (one timed call, ms) until `rule` says stop; the warm-up is the caller's."""
+    times: list[float] = []
+    start = clock()
+    while True:
+        bisect.insort(times, sample())
+        n = len(times)
+        median = statistics.median(times)
+        ci = median_ci(times, rule.confidence)
+        if n >= rule.min_repeats and ci_within(median, ci, rule.rel_halfwidth):
+            return Timing(median, ci, n, False, clock() - start)
+        if n >= rule.max_repeats or clock() - start >= rule.max_seconds:
+            return Timing(median, ci, n, True, clock() - start)
+
+
+# set by `adaptive_timing`: the rule every `time_forward` below follows, and where its Timings go
+_ADAPTIVE: ContextVar[tuple[StopRule, list[Timing]] | None] = ContextVar("kdbench_adaptive_timing", default=None)
+
+
+@contextmanager
+def adaptive_timing(rule: StopRule) -> Iterator[list[Timing]]:
+    """Inside, every latency measurement (`latency_ms`, `parallel_latency_ms`, and so a method's own
+    `latency_fn`) follows `rule` instead of a fixed number of repeats; yields the list that collects
+    their Timings in call order."""
+    timings: list[Timing] = []
+    token = _ADAPTIVE.set((rule, timings))
+    try:
+        yield timings
+    finally:
+        _ADAPTIVE.reset(token)
+
+
 def time_forward(fn: Callable[[], Any], device: torch.device, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time in ms of `fn()` over `repeats` timed calls after `warmup` calls."""
+    """Median wall time in ms of `fn()` over `repeats` timed calls after `warmup` calls (inside
+    `adaptive_timing`: as many as its rule asks, recorded there)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    adaptive = _ADAPTIVE.get()
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return (time.perf_counter() - t0) * 1000.0
+
     with torch.inference_mode():
-        for _ in range(warmup):
+        for _ in range(adaptive[0].warmup if adaptive else warmup):
             fn()
         sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+        if adaptive is None:
+            return statistics.median([once() for _ in range(repeats)])
+        timing = sample_until(once, adaptive[0])
+    adaptive[1].append(timing)
+    return timing.median_ms
 
 
 def latency_ms(model: nn.Module | Callable, example: torch.Tensor, batch: int, device: torch.device, repeats: int = 20) -> float:
@@ -51,6 +155,67 @@ def parallel_latency_ms(students: Sequence[nn.Module], example: torch.Tensor, ba
         s.eval()
     with ThreadPoolExecutor(max_workers=len(students)) as pool:
         return time_forward(lambda: list(pool.map(lambda s: s(x), students)), device, repeats=repeats)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+class LoadProbe:
+    """The machine's load over one timed phase (training, a latency pass): the 1-min load average at
+    its start and end against the machine's CPUs, this process's CPU time over the phase and, with
+    psutil, how busy all CPUs were. A phase is `oversubscribed` when a load average exceeded the CPU
+    count: more runnable threads than cores, so its wall times include waiting for a core (the load
+    average trails by about a minute: a short phase inherits the minute before it)."""
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = _process_cpu_s()
+        self._load = _loadavg_1min()
+        self._system = _system_cpu_times()
+
+    def finish(self) -> dict[str, Any]:
+        """The load block of the phase started at construction."""
+        wall = time.perf_counter() - self._wall
+        cpu = _process_cpu_s() - self._cpu
+        load = (self._load, _loadavg_1min())
+        cpus = os.cpu_count() or 1
+        block: dict[str, Any] = {
+            "cpus": cpus, "threads": torch.get_num_threads(), "wall_s": round(wall, 3),
+            "loadavg_start": load[0], "loadavg_end": load[1], "process_cpu_s": round(cpu, 3),
+            "process_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
+            "system_busy": _busy_fraction(self._system, _system_cpu_times()),
+            "oversubscribed": None if None in load else max(load) > cpus,
+        }
+        return block
+
+
+def _process_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _loadavg_1min() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+
+
+def _system_cpu_times() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    total = sum(t)
+    return total - idle, total
+
+
+def _busy_fraction(start: tuple[float, float] | None, end: tuple[float, float] | None) -> float | None:
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round((end[0] - start[0]) / (end[1] - start[1]), 3)
 
 
 def peak_rss_mb() -> float:

@@ -15,7 +15,6 @@ import pkgutil
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -25,7 +24,7 @@ from .config import RunSpec
 from .data.base import Splits
 from .engine import Batch, Step, TrainResult, accuracy, predict, train
 from .errors import KdbenchError
-from .registry import Registry
+from .registry import Registry, load_plugins
 
 METHODS: Registry[type["Method"]] = Registry("method")
 
@@ -129,6 +128,12 @@ class Context:
     make_model: Callable[..., nn.Module]  # zoo: (name, **kw) -> model on device
     progress: bool | None = None
     deviations: list[str] = field(default_factory=list)
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None  # (stage, history row) after each epoch: tracking
+
+    def epoch_hook(self, stage: str) -> Callable[[dict[str, float]], None] | None:
+        """The `on_epoch_end` callback for a training loop of stage `stage` (None when nothing listens);
+        a method calling `engine.train` itself passes it on to be tracked too."""
+        return functools.partial(self.on_epoch, stage) if self.on_epoch is not None else None
 
     @property
     def seed(self) -> int:
@@ -184,7 +189,9 @@ class Context:
         kw.setdefault("batch_size", self.schedule.batch_size)
         kw.setdefault("seed", self.seed)
         kw.setdefault("progress", self.progress)
+        kw.setdefault("amp", self.spec.amp)
         kw.setdefault("desc", self.spec.method)
+        kw.setdefault("on_epoch_end", self.epoch_hook(kw["desc"]))
         return train(steps, modules, x, y, **kw)
 
     def optimizer(self, params, lr: float | None = None, name: str | None = None, **kw: Any) -> torch.optim.Optimizer:
@@ -369,8 +376,7 @@ def load_methods() -> Registry[type[Method]]:
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
             if not info.name.startswith("_"):
                 importlib.import_module(f"kdbench.methods.{info.name}")
-        for ep in entry_points(group="kdbench.methods"):
-            ep.load()
+        load_plugins("kdbench.methods")  # a broken plugin: one warning, the others still load
         _loaded = True
     return METHODS
 

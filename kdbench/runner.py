@@ -6,12 +6,13 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -22,9 +23,12 @@ from .config import CODE_VERSION, RunSpec, check_fields, run_key
 from .data.base import Splits
 from .engine import accuracy, keep_freed_memory, predict, resolve_device, seed_everything
 from .errors import KdbenchError
-from .measure import environment, latency_ms, peak_cuda_mb, peak_rss_mb
+from .measure import LoadProbe, environment, latency_ms, peak_cuda_mb, peak_rss_mb
 from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
-from .teachers import Teacher, default_recipe, default_teacher, get_teacher, teacher_targets
+from .models.budget import student_size_warning
+from .teachers import Teacher, default_recipe, default_teacher, get_teacher, module_teacher_for, teacher_targets
+from .tracking import Tracking
+from .tracking import session as tracking_session
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Resolved:
     schedule: Schedule
     canonical: dict[str, Any]
     key: str
+    module_teacher: Any = None  # teachers.ModuleTeacher of a `module:` teacher: travels with the run to workers
 
 
 def resolve(spec: RunSpec) -> Resolved:
@@ -50,7 +55,7 @@ def resolve(spec: RunSpec) -> Resolved:
 
     entry = DATASETS.get(spec.dataset)  # unknown dataset -> did-you-mean
     check_augmentation(spec.augment, entry.name, entry.modality)  # unknown, or images-only on text -> one line now
-    resolve_device(spec.device)  # unknown device, or CUDA asked for where there is none -> one line now
+    check_speed_options(spec, resolve_device(spec.device))  # unknown device, no CUDA, --amp / --compile it cannot run
     teacher = spec.teacher
     if cls.needs_teacher and teacher == "auto":
         teacher = default_teacher(spec.dataset)
@@ -64,7 +69,7 @@ def resolve(spec: RunSpec) -> Resolved:
         raise KdbenchError(f"max_train must be >= 1, got {spec.max_train}")
     mode = spec.mode if spec.mode is not None or None in cls.modes else cls.modes[0]  # a moded method's first mode is its default
     full = spec.replace(teacher=teacher, teacher_recipe=recipe, params=params_dict(params), val_fraction=float(val_fraction),
-                        mode=mode)
+                        mode=mode, data_options=entry.changed_options(spec.data_options))  # unknown option: one line now
     _check_models(full, entry, cls)
     cls.validate(full, params)
     default = cls.schedule(full, params)
@@ -82,14 +87,44 @@ def resolve(spec: RunSpec) -> Resolved:
     canonical["device"] = resolve_device(spec.device).type  # "auto" -> the device type that will run it
     canonical["optimizer"] = schedule.optimizer
     key = run_key(canonical)
-    return Resolved(full, cls, params, schedule, canonical, key)
+    return Resolved(full, cls, params, schedule, canonical, key, module_teacher_for(full.teacher))
+
+
+def speed_settings(spec: RunSpec, device: torch.device) -> dict[str, Any]:
+    """The record's note of what may change floats beyond the spec: precision, compilation and, on
+    CUDA, the determinism settings in force (kdbench leaves them at PyTorch's defaults)."""
+    out: dict[str, Any] = {"amp": spec.amp, "compile": spec.compile}
+    if device.type == "cuda":
+        out["determinism"] = {"cudnn_deterministic": torch.backends.cudnn.deterministic,
+                              "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                              "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                              "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                              "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    return out
+
+
+def check_speed_options(spec: RunSpec, device: torch.device) -> None:
+    """--amp and --compile where the device or the installation cannot run them: one line, now."""
+    if spec.amp == "fp16" and device.type != "cuda":
+        raise KdbenchError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 on CPU")
+    if spec.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise KdbenchError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use --amp fp16")
+    if spec.compile:
+        import shutil
+
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            raise KdbenchError("--compile: torch.compile is not supported by this Python / PyTorch build")
+        if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+            raise KdbenchError("--compile on CPU needs a C++ compiler (cc, gcc or clang) on PATH")
 
 
 def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
     """Unknown or mismatched student / teacher architectures, a teacher checkpoint that is not there
     and an auto student without a budget entry fail now, before anything trains or is written."""
     from .models import MODELS
-    from .models.budget import MODALITY_TABLE, budget_table
+    from .models.budget import budget_rule, budget_table, rule_table
 
     def arch(what: str, name: str) -> None:
         if name.startswith("timm/"):
@@ -103,7 +138,7 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
             raise KdbenchError(f"{what} '{name}' needs {modality} input, but dataset '{entry.name}' is {entry.modality}")
 
     if spec.student == "auto":
-        table = budget_table(spec.budget).get(MODALITY_TABLE.get(entry.modality, ""), {})
+        table = budget_table(spec.budget).get(rule_table(budget_rule(entry.name, entry.modality), entry.modality) or "", {})
         if method.multi_student and table and spec.n_students not in table:
             raise KdbenchError(f"no {spec.budget} budget student for n={spec.n_students} "
                                f"(budgets exist for n = {', '.join(map(str, sorted(table)))}); pass --student ARCH")
@@ -111,13 +146,22 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
         arch("student", spec.student)
     if not method.needs_teacher:
         return
+    from .teachers import MODULE_PREFIX, importable_class, is_importable, module_teacher
+
+    if spec.teacher.startswith(MODULE_PREFIX):
+        module_teacher(spec.teacher)  # a record rerun without its module (the CLI): one line
+        _check_normalize(None, spec.teacher_normalize, entry)
+        return
     if spec.teacher.startswith("file:"):
         rest = spec.teacher[5:]
         name, _, path = rest.partition("=") if "=" in rest else ("", "", rest)
         if not path or not Path(path).is_file():
             raise KdbenchError(f"teacher checkpoint '{path}' does not exist (--teacher file:[ARCH=]PATH)")
         teacher_arch = name or default_teacher(spec.dataset)
-        arch("teacher", teacher_arch)
+        if is_importable(teacher_arch):
+            importable_class(teacher_arch)  # no module, no class, not an nn.Module: one line
+        else:
+            arch("teacher", teacher_arch)
         st = Path(path).stat()
         problem = _checkpoint_problem(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, teacher_arch, entry.num_classes)
         if problem:
@@ -125,17 +169,20 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
     else:
         teacher_arch = spec.teacher
         arch("teacher", teacher_arch)
-    _check_normalize(teacher_arch, spec.teacher_normalize)
+    _check_normalize(teacher_arch, spec.teacher_normalize, entry)
 
 
-def _check_normalize(arch: str, normalize: str | None) -> None:
-    """A teacher normalisation must parse and the teacher's architecture must take one."""
+def _check_normalize(arch: str | None, normalize: str | None, entry: Any) -> None:
+    """A teacher normalisation must parse, the data must be images and the teacher's architecture must
+    take one (importable classes and modules are wrapped: they all do)."""
     from .models import MODELS
     from .models.protocol import parse_normalize
 
     if normalize is None:
         return
     parse_normalize(normalize)
+    if entry.modality != "image":
+        raise KdbenchError(f"teacher_normalize={normalize!r} is for image inputs; dataset '{entry.name}' is {entry.modality}")
     factory = MODELS.get(arch) if arch in MODELS else None
     if factory is not None and "normalize" not in inspect.signature(factory).parameters:
         raise KdbenchError(f"teacher '{arch}' takes no input normalisation (teacher_normalize={normalize!r})")
@@ -149,12 +196,15 @@ def _checkpoint_problem(path: str, size: int, mtime_ns: int, arch: str, num_clas
     the data's input shape is known."""
     from .models import MODELS, create_model
     from .models.weights import check_keys, read_state_dict
+    from .teachers import build_importable, is_importable
 
     try:
         state = read_state_dict(path)
         if arch in MODELS:
             spec = dataclasses.replace(MODELS.get(arch).default_spec, num_classes=num_classes)
             check_keys(create_model(arch, spec).state_dict(), state, f"weights {path} do not fit teacher '{arch}'")
+        elif is_importable(arch):
+            check_keys(build_importable(arch, num_classes).state_dict(), state, f"weights {path} do not fit teacher class '{arch}'")
     except KdbenchError as e:
         return str(e)
     return None
@@ -173,14 +223,17 @@ def check_data(dataset: str, data_root: str | Path | None) -> None:
 def load_data(spec: RunSpec, data_root: str | Path | None) -> Splits:
     from .data import load_dataset
 
-    return load_dataset(spec.dataset, data_root, val_fraction=spec.val_fraction, split_seed=spec.split_seed, max_train=spec.max_train)
+    return load_dataset(spec.dataset, data_root, val_fraction=spec.val_fraction, split_seed=spec.split_seed, max_train=spec.max_train,
+                        **spec.data_options)
 
 
 def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teacher | None, progress: bool | None, timings: dict[str, float]) -> Context:
-    from .models import budget_student, create_model, place
+    from .models import create_model, place
+    from .models.budget import RELATIVE, auto_student, budget_rule
 
     spec = r.spec
     cache: dict[str, Targets] = {}
+    notes: list[str] = []  # the context's deviations (an auto student's relative budget)
 
     def targets(split: str) -> Targets:
         if teacher is None:
@@ -191,19 +244,27 @@ def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teac
         return cache[split]
 
     def make_model(name: str, **kw: Any) -> nn.Module:
-        return place(create_model(name, data.spec, **kw), device)
+        return compiled(place(create_model(name, data.spec, **kw), device))
+
+    def compiled(model: nn.Module) -> nn.Module:
+        if spec.compile:
+            model.compile()  # in place: the module and its state dict names stay the same
+        return model
 
     def make_student(out_features: int | None = None, n_students: int | None = None, arch: str | None = None) -> nn.Module:
         arch = arch or spec.student
         n = n_students if n_students is not None else spec.n_students
         if arch == "auto":
-            model, _ = budget_student(data.spec, n_students=n, out_features=out_features or data.spec.num_classes, family=spec.budget)
-            return place(model, device)
+            model, info = auto_student(data.spec, n, out_features or data.spec.num_classes, spec.budget,
+                                       budget_rule(spec.dataset, data.spec.modality), default_teacher(spec.dataset))
+            if info.get("rule") == RELATIVE and info["deviation"] not in notes:
+                notes.append(info["deviation"])
+            return compiled(place(model, device))
         kw = {"out_features": out_features} if out_features is not None else {}
         return make_model(arch, **kw)
 
     return Context(spec=spec, data=data, device=device, schedule=r.schedule, teacher=teacher.model if teacher else None,
-                   targets=targets, make_student=make_student, make_model=make_model, progress=progress)
+                   targets=targets, make_student=make_student, make_model=make_model, progress=progress, deviations=notes)
 
 
 def evaluate(fit: FitResult, data: Splits) -> dict[str, Any]:
@@ -254,26 +315,46 @@ def measure(fit: FitResult, data: Splits, teacher: Teacher | None, device: torch
 
 
 def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | None = None, latency: bool = True,
-        resolved: Resolved | None = None) -> dict[str, Any]:
-    """Execute one run and return its record (status ok). Raises on failure; `execute` records failures."""
+        resolved: Resolved | None = None, track: Tracking | None = None) -> dict[str, Any]:
+    """Execute one run and return its record (status ok). Raises on failure; `execute` records failures.
+    `track`: trackers that also get the epochs and the record (kdbench.tracking); they change nothing."""
     r = resolved or resolve(spec)
+    with tracking_session(track, r.key, record_spec(r)) as session:
+        record = _run(r, data_root, progress, latency, session.epoch if session.trackers else None)
+        session.finish(record)
+    return record
+
+
+def record_spec(r: Resolved) -> dict[str, Any]:
+    """The spec as a record stores it: canonical, plus the parameters that differ from the defaults."""
+    return {**r.canonical, "params_changed": params_changed(r.method, r.params)}
+
+
+def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, latency: bool,
+         on_epoch: Callable[[str, dict[str, float]], None] | None) -> dict[str, Any]:
     keep_freed_memory()
     device = resolve_device(r.spec.device)
     timings: dict[str, float] = {}
+    load: dict[str, Any] = {}  # the machine's load during each timed phase (env.load; the report flags oversubscription)
     data = load_data(r.spec, data_root).to(device)
     teacher = None
     deviations = list(data.info.get("deviations", []))
     if r.method.needs_teacher:
         t0 = time.perf_counter()
-        teacher = resolve_teacher(r.spec, data, device, progress)
+        probe = LoadProbe()
+        teacher = resolve_teacher(r.spec, data, device, progress, r.module_teacher)
+        load["teacher"] = probe.finish()
         timings["teacher_time_s"] = teacher.info.get("metrics", {}).get("train_time_s", 0.0)
         timings["teacher_load_s"] = time.perf_counter() - t0
     ctx = build_context(r, data, device, teacher, progress, timings)
+    ctx.on_epoch = on_epoch
     seed_everything(r.spec.seed)
     method = r.method(r.params)
     t0 = time.perf_counter()
+    probe = LoadProbe()
     fit = method.fit(ctx)
     train_time = time.perf_counter() - t0 - timings.get("targets_time_s", 0.0)
+    load["train"] = probe.finish()
     metrics: dict[str, Any] = evaluate(fit, data)
     metrics["train_time_s"] = train_time
     metrics.update(timings)
@@ -281,26 +362,37 @@ def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | 
     if fit.history:
         metrics.setdefault("epochs_run", len(fit.history))
         metrics.setdefault("epoch_time_s", sum(h.get("time_s", 0.0) for h in fit.history) / len(fit.history))
+    probe = LoadProbe()
     metrics.update(measure(fit, data, teacher, device, latency))
+    if latency:
+        load["latency"] = probe.finish()
     metrics["peak_rss_mb"] = peak_rss_mb()
     metrics["peak_cuda_mb"] = peak_cuda_mb()
     deviations += ctx.deviations
+    warned = list(teacher.info.get("warnings", [])) if teacher else []
+    if teacher is not None:  # once per run, in the record and on stderr
+        warned += [w for w in [student_size_warning(metrics["params"], metrics["teacher_params"], teacher.arch)] if w]
     return {
-        "run_key": r.key, "status": "ok", "spec": {**r.canonical, "params_changed": params_changed(r.method, r.params)},
+        "run_key": r.key, "status": "ok", "spec": record_spec(r),
         "metrics": metrics, "history": fit.history, "deviations": deviations,
         "data": {k: v for k, v in data.info.items() if k != "deviations"},
         "teacher": {"key": teacher.key, **{k: v for k, v in teacher.info.items() if k != "metrics"}} if teacher else None,
-        "env": environment(device), "code_version": CODE_VERSION,
+        **({"warnings": warned} if warned else {}),
+        "env": {**environment(device), **speed_settings(r.spec, device), "load": load}, "code_version": CODE_VERSION,
     }
 
 
-def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress: bool | None) -> Teacher:
-    from .models import create_model, place
-    from .teachers import import_teacher
+def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress: bool | None,
+                    module: Any = None) -> Teacher:
+    """The run's teacher: trained (cached), imported from a checkpoint, or the `module:` teacher passed
+    in Python (`module`: its teachers.ModuleTeacher, sent with the run to worker processes)."""
+    from .teachers import MODULE_PREFIX, adopt_module_teacher, build_teacher_model, import_teacher, module_teacher
 
     def build(arch: str, **kw: Any) -> nn.Module:
-        return place(create_model(arch, data.spec, **kw), device)
+        return build_teacher_model(arch, data.spec, device, **kw)
 
+    if spec.teacher.startswith(MODULE_PREFIX):
+        return adopt_module_teacher(module or module_teacher(spec.teacher), data, device, spec.teacher_normalize)
     if spec.teacher.startswith("file:"):
         arch_path = spec.teacher[5:]
         arch, _, path = arch_path.partition("=") if "=" in arch_path else (default_teacher(spec.dataset), "", arch_path)
@@ -309,17 +401,17 @@ def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress:
 
 
 def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,
-            latency: bool = True, resolved: Resolved | None = None) -> dict[str, Any]:
+            latency: bool = True, resolved: Resolved | None = None, track: Tracking | None = None) -> dict[str, Any]:
     """Run and write the record; failures are written as `status: failed` with the error."""
     r = resolved or resolve(spec)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
-        record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r)
+        record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
         record = {
-            "run_key": r.key, "status": "failed", "spec": {**r.canonical, "params_changed": params_changed(r.method, r.params)},
+            "run_key": r.key, "status": "failed", "spec": record_spec(r),
             "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20),
                       **({"epoch": exc.epoch} if hasattr(exc, "epoch") else {})},
             "metrics": {}, "env": environment(), "code_version": CODE_VERSION,

@@ -42,7 +42,7 @@ ALIASES = {"methods": "method", "modes": "mode", "n_students": "students"}
 GRID_FIELDS = ("method", "students", "mode", "seeds")
 # fields copied onto every RunSpec as they are
 RUN_FIELDS = ("dataset", "teacher", "student", "budget", "epochs", "batch_size", "lr", "val_fraction", "split_seed",
-              "max_train", "device", "augment", "teacher_normalize")
+              "max_train", "device", "augment", "teacher_normalize", "amp", "compile", "data_options")
 # describe the sweep, not its runs
 META_FIELDS = ("name", "description", "requires", "out", "meta")
 
@@ -105,6 +105,14 @@ def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{value!r} is not a non-empty string")
     return value.strip()
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{value!r} is not true or false")
 
 
 def _number(value: Any, positive: bool = False) -> float:
@@ -172,6 +180,23 @@ def _params(value: Any) -> dict[str, Any]:
     return out
 
 
+def _data_options(value: Any) -> dict[str, Any]:
+    """A mapping (`{maxlen: 200}`) or `key=value[,key=value]` text: the dataset validates the names."""
+    from .config import parse_params
+
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) and k.isidentifier() for k in value):
+            raise ValueError(f"{dict(value)!r} has a key that is not an option name")
+        return dict(value)
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{value!r} is neither a mapping nor key=value text")
+    try:
+        return parse_params(list(items), "--data-option")
+    except KdbenchError as e:
+        raise ValueError(str(e)) from None
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{value!r} is not a mapping")
@@ -199,7 +224,10 @@ def _register_fields() -> None:
         "device": text,
         "augment": text,  # validated by runner.resolve (kdbench.augment)
         "teacher_normalize": text,  # validated by runner.resolve (models.protocol.parse_normalize)
+        "amp": text,  # validated by config.check_fields and runner.check_speed_options
+        "compile": _flag,
         "params": _params,
+        "data_options": _data_options,  # validated by runner.resolve (the dataset's options)
         "name": text,
         "description": text,
         "requires": text,
@@ -262,8 +290,8 @@ def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in top.items():
         if k == "groups":
             continue
-        if k == "params":
-            out["params"] = {**out.get("params", {}), **v}
+        if k in ("params", "data_options"):  # merged key by key
+            out[k] = {**out.get(k, {}), **v}
         else:
             out[k] = v
     return out

@@ -1,6 +1,8 @@
 """`kdbench` command line: one module per subcommand, each with `add_parser(subparsers)` and `run(args)`.
 
 Bad input raises KdbenchError anywhere below; it is printed as one line and the exit code is 2.
+`--import MODULE` (before or after the subcommand) and $KDBENCH_IMPORT import the user's plugin
+modules (their datasets, models, methods) for every command and its worker processes.
 """
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import importlib
 import logging
 import re
 import sys
+import warnings
 from typing import Sequence
 
 from ..errors import KdbenchError
 
 # subcommand modules, in help order; a module that is missing (not yet written) is skipped
-COMMANDS = ["list_cmd", "data_cmd", "teacher_cmd", "run_cmd", "sweep_cmd", "report_cmd", "check_cmd", "bench_cmd"]
+COMMANDS = ["list_cmd", "data_cmd", "teacher_cmd", "run_cmd", "sweep_cmd", "report_cmd", "latency_cmd", "export_cmd", "check_cmd", "bench_cmd"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +41,43 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+    _add_import_option(parser)
     return parser
+
+
+IMPORT_HELP = ("import a Python module first (repeatable; also $KDBENCH_IMPORT, comma-separated): its registered "
+               "datasets, models and methods are then known to this command and its worker processes")
+
+
+def _add_import_option(parser: argparse.ArgumentParser, depth: int = 0, seen: set[int] | None = None) -> None:
+    """`--import MODULE` on the parser and every subcommand below it, one dest per level (a subcommand's
+    values would otherwise replace the level above's); `import_option_values` joins them."""
+    seen = set() if seen is None else seen
+    if id(parser) in seen:  # an alias lists one parser twice
+        return
+    seen.add(id(parser))
+    parser.add_argument("--import", dest=f"import_modules_{depth}", action="append", metavar="MODULE", help=IMPORT_HELP,
+                        default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_import_option(child, depth + 1, seen)
+
+
+def import_option_values(args: argparse.Namespace) -> list[str]:
+    """Every `--import` of the command line, outermost first."""
+    levels = sorted((k for k in vars(args) if k.startswith("import_modules_")), key=lambda k: int(k.rpartition("_")[2]))
+    return [m for k in levels for m in getattr(args, k)]
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    """kdbench's own warnings (plugins, student sizes, caches) as `kdbench: warning: ...`, one line."""
+    if getattr(category, "__module__", "").startswith("kdbench."):
+        return f"kdbench: warning: {one_line(str(message))}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+_FORMAT_WARNING = warnings.formatwarning
 
 
 _OWN_PREFIX = re.compile(r"^(?:kdbench(?: [a-z][\w-]*)?: (?:error: )?)+")
@@ -59,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = f"{args.command} " if getattr(args, "command", None) else ""
             raise KdbenchError(f"unrecognized arguments: {' '.join(extra)} (see `kdbench {command}--help`)")
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        warnings.formatwarning = _one_line_warning
+        from ..registry import import_from_env, import_modules
+
+        import_modules(import_option_values(args), "--import")  # not importable: one line, exit 2
+        import_from_env()
         if not getattr(args, "command", None):
             parser.print_help()
             return 0

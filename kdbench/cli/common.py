@@ -19,6 +19,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", help="student architecture (zoo name) or 'auto' (budget student)")
     p.add_argument("--budget", choices=["paper", "repo"], help="budget family of auto students")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable, or k=v,k2=v2)")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="dataset option of this run, e.g. maxlen=200 for a text dataset (repeatable; see `kdbench list datasets`)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -28,8 +30,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", metavar="NAME", help="training-batch augmentation: none (default) or crop-flip; "
                    "with one the teacher runs on each augmented batch")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision student training (autocast; fp16 with "
+                   "gradient scaling, CUDA only); recorded and part of the run key: it changes the numbers")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the trained models (recorded, "
+                   "part of the run key)")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ~/.cache/kdbench/data, /usr/share/datasets)")
     p.add_argument("--no-latency", action="store_true", help="skip inference-latency measurement")
+    p.add_argument("--log", action="append", metavar="TRACKER[,TRACKER...]",
+                   help="also send per-epoch metrics and the final record to tensorboard, mlflow and/or wandb "
+                        "(repeatable; local stores under --out; changes no result)")
 
 
 def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
@@ -70,7 +79,8 @@ def spec_fields(args: argparse.Namespace) -> dict:
     for opt, field in (("dataset", "dataset"), ("teacher", "teacher"), ("student", "student"), ("budget", "budget"),
                        ("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("val_fraction", "val_fraction"),
                        ("split_seed", "split_seed"), ("max_train", "max_train"), ("device", "device"),
-                       ("teacher_normalize", "teacher_normalize"), ("augment", "augment")):
+                       ("teacher_normalize", "teacher_normalize"), ("augment", "augment"), ("amp", "amp"),
+                       ("compile", "compile")):
         value = getattr(args, opt, None)
         if value is not None:
             fields[field] = value
@@ -79,6 +89,8 @@ def spec_fields(args: argparse.Namespace) -> dict:
                            "an explicit student has no budget family (give one of them)")
     if getattr(args, "param", None):
         fields["params"] = parse_params(args.param)
+    if getattr(args, "data_option", None):
+        fields["data_options"] = parse_params(args.data_option, "--data-option")
     if getattr(args, "teacher_epochs", None) is not None:
         if args.teacher_epochs < 1:
             raise KdbenchError(f"--teacher-epochs must be >= 1, got {args.teacher_epochs}")

@@ -63,8 +63,10 @@ def read_record_spec(path: Path) -> RunSpec:
 def run(args: argparse.Namespace) -> int:
     from ..api import preflight
     from ..runner import execute, resolve
+    from ..tracking import setup
 
     out = out_dir(args.out)
+    track = setup(args.log, out)  # unknown or missing trackers: one line, before anything runs
     if args.from_record:
         given = {k for k in spec_fields(args) if k != "device"}  # --device may move a rerun to other hardware
         given |= {name for name in ("method", "students", "mode", "seed") if getattr(args, name) is not None}
@@ -87,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
             fields["seed"] = args.seed
         spec = RunSpec(method=args.method, **fields)
     r = resolve(spec)
-    preflight([r.spec.dataset], out, args.data_root)
+    preflight([r.spec.dataset], out, args.data_root, runs=[r])
     make_out_dir(out)
-    record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r)
+    record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r, track=track)
     path = out / f"{record['run_key']}.json"
     if record["status"] != "ok":
         print(f"run {record['run_key']} FAILED: {record['error']['type']}: {record['error']['message']} (record: {path})")

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     how.add_argument("--workers", type=int, default=1, help="parallel runs of the local executor (1 = in this process)")
     how.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers; ray: 1)")
     how.add_argument("--address", help="Ray cluster address (--executor ray); default: start a local Ray")
+    how.add_argument("--latency-threads", type=int, default=1, metavar="K",
+                     help="torch threads of the quiet latency pass after training (default 1; --no-latency skips it)")
     how.add_argument("--dry-run", action="store_true", help="print the runs and what is already done; run nothing")
     how.add_argument("--report", action="store_true", help="build the report (kdbench report) at the end")
     how.add_argument("--report-name", help="report folder name under reports/ (default: the sweep's name)")
@@ -41,12 +43,14 @@ def overrides(args: argparse.Namespace) -> dict:
         fields["method"] = ",".join(args.method)
     for name in ("students", "mode", "seeds", "dataset", "teacher", "teacher_epochs", "student", "budget", "epochs",
                  "batch_size", "lr", "val_fraction", "split_seed", "max_train", "device", "augment",
-                 "teacher_normalize"):
+                 "teacher_normalize", "amp", "compile"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
     if args.param:
         fields["params"] = list(args.param)
+    if args.data_option:
+        fields["data_options"] = list(args.data_option)
     return fields
 
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         with stop_on_signals():  # SIGTERM / SIGHUP stop the sweep the way Ctrl-C does
             result = sweep(preset=args.preset, config=args.config, out=args.out, executor=args.executor,
                            workers=args.workers, threads=args.threads, address=args.address, data_root=args.data_root,
-                           latency=not args.no_latency, dry_run=args.dry_run, report=args.report,
+                           latency=not args.no_latency, latency_threads=args.latency_threads, dry_run=args.dry_run, report=args.report,
                            report_name=args.report_name, trackers=args.log, **overrides(args))
     except KeyboardInterrupt as e:
         sig = interrupt_signal(e)

@@ -70,7 +70,9 @@ def load_dataset(name: str, data_root: str | Path | None = None, *, val_fraction
                  max_train: int | None = None, **options: Any) -> Splits:
     """train / val / test of dataset `name`. Val is carved from the original training set with a
     permutation seeded by `split_seed`; `max_train` then keeps a seeded subset of train; test is
-    never touched. Text datasets take `num_words` and `maxlen` (default 5000 / 500)."""
+    never touched. `options` are the dataset's own (`DatasetEntry.options`; text datasets take
+    `num_words` and `maxlen`, default 5000 / 500); those that differ from the defaults are in
+    `info["data_options"]`, which keys the cached teachers and targets of the split."""
     entry = DATASETS.get(name)
     opts = entry.resolve_options(options)
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= float(val_fraction) < 1.0:
@@ -83,7 +85,7 @@ def load_dataset(name: str, data_root: str | Path | None = None, *, val_fraction
 
     n_pool = int(len(pool.y_train))
     tr, va = carve(n_pool, float(val_fraction), split_seed)
-    deviations = list(entry.deviations)
+    deviations = list(entry.deviations) + list(pool.info.pop("deviations", ()))
     if max_train is not None and max_train < len(tr):
         deviations.append(f"train subset: {max_train} of {len(tr)} rows (seed {split_seed}, class-agnostic)")
         tr = tr[subset(len(tr), int(max_train), split_seed)]
@@ -96,7 +98,7 @@ def load_dataset(name: str, data_root: str | Path | None = None, *, val_fraction
     )
     info: dict[str, Any] = {
         "dataset": name,
-        "source": str(location) if location is not None else f"package {entry.package}",
+        "source": str(location) if location is not None else entry.source,
         "root": str(root) if root is not None else None,
         "val_fraction": float(val_fraction),
         "split_seed": int(split_seed),
@@ -108,6 +110,9 @@ def load_dataset(name: str, data_root: str | Path | None = None, *, val_fraction
         "cache": cache_state,
     }
     info.update(pool.info)
+    changed = entry.changed_options(options)
+    if changed:  # only then: the split identity of the default data stays what it was
+        info["data_options"] = changed
     info["deviations"] = deviations
     splits.info = info
     return splits
@@ -136,7 +141,7 @@ def dataset_table(data_root: str | Path | None = None) -> list[dict[str, Any]]:
             ok, location = found is not None, (found[1] if found else None)
             where = str(location) if location else ""
         else:
-            ok, location, where = package_available(entry), None, f"package {entry.package}"
+            ok, location, where = package_available(entry), None, entry.source
         sizes = _cheap_sizes(entry, location) if ok else None
         rows.append({
             "name": name, "modality": entry.modality, "status": "found" if ok else "missing",

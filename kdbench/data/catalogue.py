@@ -2,7 +2,10 @@
 
 A dataset is one registered *decode* function (expensive, run once, its arrays cached) plus an
 *assemble* step (cheap, run on every load, turns cached arrays and options into a `Pool`).
-Adding a dataset is one `@register_dataset(...)` function in a module by format.
+Adding a dataset is one `@register_dataset(...)` function in a module by format, or, for data
+already in memory, `register_image_dataset` / `register_text_dataset` (kdbench.data.readers).
+A dataset also declares the defaults of its family: the teacher and teacher recipe `auto`
+resolves to, and how its `auto` students are sized (`student_budget`, see kdbench.models.budget).
 """
 from __future__ import annotations
 
@@ -15,11 +18,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..config import TeacherRecipe
 from ..errors import KdbenchError
 from ..registry import Registry
 from .base import DataSpec
 
 MODALITIES = ("image", "text")
+# The teacher of a dataset that declares none (and is not one of kdbench's paper datasets, whose
+# teachers are in kdbench.teachers.DEFAULT_TEACHERS): the paper teacher of its modality.
+MODALITY_TEACHERS = {"image": "paper-mnist-teacher", "text": "paper-imdb-teacher"}
 
 
 @dataclass
@@ -72,21 +79,54 @@ class DatasetEntry:
     package: str | None = None  # for entries without paths: the Python package the data ships in
     deviations: tuple[str, ...] = ()
     cache: bool = True
+    # family defaults (None: kdbench's built-in table for its own datasets, else the modality's)
+    default_teacher: str | None = None  # what `--teacher auto` means on this dataset
+    teacher_recipe: TeacherRecipe | None = None  # how that teacher is trained
+    student_budget: str | None = None  # a paper budget table ("mnist", "imdb") or "relative" (to the teacher)
+    check_options: Callable[..., None] | None = None  # validates resolved options (raises KdbenchError)
+    origin: str | None = None  # where data without paths comes from (default: the package)
 
     @property
     def needs_root(self) -> bool:
         return bool(self.paths)
 
+    @property
+    def source(self) -> str:
+        """Where data without paths comes from, for the catalogue table and the record."""
+        return self.origin or f"package {self.package}"
+
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with `given`; an unknown option is a user error."""
+        """Defaults overlaid with `given`; an unknown option (or a value `check_options` refuses) is a user error."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             allowed = ", ".join(sorted(self.options)) or "none"
             raise KdbenchError(f"dataset '{self.name}' has no option {', '.join(map(repr, unknown))} (options: {allowed})")
-        return {**self.options, **given}
+        options = {**self.options, **given}
+        if self.check_options is not None:
+            try:
+                self.check_options(**options)
+            except KdbenchError as e:
+                raise KdbenchError(f"dataset '{self.name}': {e}") from None
+        return options
+
+    def changed_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The options of `given` that differ from the defaults, checked: a run's `data_options`
+        (an option given at its default value is the same data, so the same run key)."""
+        return {k: v for k, v in self.resolve_options(given).items() if k in given and v != self.options[k]}
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
+DATASETS: Registry[DatasetEntry] = Registry("dataset", plugins="kdbench.datasets")  # + installed dataset plugins
+
+
+def family_default(dataset: str, name: str) -> Any:
+    """What dataset `dataset` declares as `name` (default_teacher, teacher_recipe, student_budget);
+    None when it declares nothing or is unknown (`resolve` names an unknown dataset itself)."""
+    return getattr(DATASETS.get(dataset), name) if dataset in DATASETS else None
+
+
+def modality_teacher(dataset: str) -> str | None:
+    """The paper teacher of the dataset's modality (None for an unknown dataset)."""
+    return MODALITY_TEACHERS.get(DATASETS.get(dataset).modality) if dataset in DATASETS else None
 
 
 def image_assemble(entry: DatasetEntry, decoded: Decoded, options: Mapping[str, Any]) -> Pool:
@@ -116,10 +156,26 @@ def register_dataset(
     package: str | None = None,
     deviations: Sequence[str] = (),
     cache: bool = True,
+    default_teacher: str | None = None,
+    teacher_recipe: TeacherRecipe | None = None,
+    student_budget: str | None = None,
+    check_options: Callable[..., None] | None = None,
+    origin: str | None = None,
 ) -> Callable[[DecodeFn], DecodeFn]:
-    """Decorator: register `fn(location) -> Decoded` as the decoder of dataset `name`."""
+    """Decorator: register `fn(location) -> Decoded` as the decoder of dataset `name`.
+
+    `default_teacher` / `teacher_recipe`: what `--teacher auto` trains on it (default: the paper
+    teacher of its modality, kdbench's default recipe); `student_budget`: how `auto` students are
+    sized, a paper table name or "relative" (the paper's student / teacher parameter ratio applied
+    to the default teacher; the default for datasets outside kdbench's paper families)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if teacher_recipe is not None and not isinstance(teacher_recipe, TeacherRecipe):
+        raise ValueError(f"teacher_recipe must be a kdbench.config.TeacherRecipe, got {type(teacher_recipe).__name__}")
+    if student_budget is not None:
+        from ..models.budget import check_budget_rule
+
+        check_budget_rule(student_budget)
 
     def deco(fn: DecodeFn) -> DecodeFn:
         DATASETS.add(name, DatasetEntry(
@@ -127,6 +183,8 @@ def register_dataset(
             paths=tuple(paths), decode=fn, assemble=assemble or image_assemble, num_classes=num_classes,
             options=dict(options or {}), accepts=accepts, header_sizes=header_sizes, downloader=downloader,
             sources=sources, package=package, deviations=tuple(deviations), cache=cache,
+            default_teacher=default_teacher, teacher_recipe=teacher_recipe, student_budget=student_budget,
+            check_options=check_options, origin=origin,
         ))
         return fn
 

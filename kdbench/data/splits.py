@@ -10,6 +10,9 @@ import torch
 
 from ..errors import KdbenchError
 
+__all__ = ["permutation", "carve", "fixed_test_split", "fixed_test_sizes", "subset", "FIXED_TEST_FRACTION", "FIXED_TEST_SEED",
+           "FIXED_TEST_NOTE"]
+
 FIXED_TEST_FRACTION = 0.2
 FIXED_TEST_SEED = 0
 

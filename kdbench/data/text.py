@@ -18,7 +18,10 @@ from ..errors import KdbenchError
 from .base import DataSpec
 from .catalogue import DatasetEntry, Decoded, Pool, register_dataset
 from .splits import FIXED_TEST_NOTE, fixed_test_split
-from .vocab import encode_corpus, keras_sequences
+from .vocab import check_text_options, encode_corpus, keras_sequences
+
+__all__ = ["TEXT_OPTIONS", "RECIPE_NOTE", "text_assemble", "encode_labelled", "carve_fixed_test", "check_options",
+           "read_review_csv", "read_labelled_tsv", "read_polarity_zip"]
 
 TEXT_OPTIONS = {"num_words": 5000, "maxlen": 500}
 RECIPE_NOTE = ("Keras IMDB recipe: lowercase, HTML tags and punctuation stripped, top num_words by train "
@@ -51,9 +54,14 @@ def carve_fixed_test(docs: Sequence[tuple[str, int]]) -> tuple[list[tuple[str, i
     return [docs[i] for i in tr], [docs[i] for i in te]
 
 
+def check_options(num_words: int, maxlen: int, **_others: Any) -> None:
+    """A text dataset's `num_words` / `maxlen`, checked when a run is planned (not after its data loads)."""
+    check_text_options(num_words, maxlen)
+
+
 def _text_register(name: str, **kw: Any):
     return register_dataset(name, modality="text", num_classes=2, assemble=text_assemble,
-                            options={**TEXT_OPTIONS, **kw.pop("options", {})}, **kw)
+                            options={**TEXT_OPTIONS, **kw.pop("options", {})}, check_options=check_options, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +178,7 @@ def sst2_assemble(entry: DatasetEntry, decoded: Decoded, options: Mapping[str, A
 
 @register_dataset(
     "sst2", modality="text", num_classes=2, assemble=sst2_assemble,
-    options={**TEXT_OPTIONS, "test_file": "test"},
+    options={**TEXT_OPTIONS, "test_file": "test"}, check_options=check_options,
     description="SST-2 (GLUE), 67k train sentences; test = the labelled test.tsv (1,821), dev.tsv (872) as an option",
     paths=("SST-2",), accepts=_sst2_accepts, sources=lambda p: [p / f for f in SST2_FILES],
     deviations=("SST-2 test = the labelled test.tsv (SST binary test set), not GLUE dev.tsv, unless test_file='dev'",),

@@ -18,6 +18,9 @@ import numpy as np
 
 from ..errors import KdbenchError
 
+__all__ = ["tokenize", "rank_vocabulary", "to_ranks", "encode_corpus", "vocabulary", "check_text_options", "keras_sequences",
+           "PAD", "START", "OOV", "INDEX_FROM"]
+
 PAD, START, OOV = 0, 1, 2
 INDEX_FROM = 3
 # Keras' Tokenizer default filters (the apostrophe is kept, as there)

@@ -1,13 +1,22 @@
 """Students sized to the TCN paper's budgets (Table 6): width chosen so params land within 5%.
 
 Among the widths that meet the parameter budget, the one whose MACs are closest (in ratio) to the
-paper's FLOPs / 2 wins, so compute stays comparable too. Both counts are reported."""
+paper's FLOPs / 2 wins, so compute stays comparable too. Both counts are reported.
+
+Which budget a dataset's `auto` students get is its `student_budget` rule: a paper table ("mnist",
+"imdb"; kdbench's own datasets use their modality's), or "relative" (the default for any other
+dataset): the paper's student / teacher ratio of parameters and FLOPs for n students, applied to
+the dataset's default teacher built on its inputs. A new dataset's students are then as much
+smaller than its teacher as the paper's were, whatever its input size or vocabulary."""
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 
 from ..data.base import DataSpec
@@ -51,6 +60,37 @@ PAPER_BUDGETS: dict[str, dict[int, Budget]] = {
 }
 # which paper table applies to a dataset's modality
 MODALITY_TABLE = {"image": "mnist", "text": "imdb"}
+# Table 6's teachers (params / FLOPs), the denominators of the "relative" rule's ratios
+PAPER_TEACHERS: dict[str, Budget] = {"mnist": Budget(2_380_000, 26_460_000), "imdb": Budget(2_210_000, 7_200_000)}
+RELATIVE = "relative"
+
+
+class StudentSizeWarning(UserWarning):
+    """A run's student is not smaller than its teacher (distillation is meant to compress)."""
+
+
+def check_budget_rule(rule: str | None) -> None:
+    """A dataset's declared `student_budget`: None, "relative" or a paper table name (a programming
+    error otherwise, raised when the dataset registers)."""
+    if rule is not None and rule != RELATIVE and rule not in PAPER_BUDGETS:
+        raise ValueError(f"student_budget must be {RELATIVE!r} or a paper table ({', '.join(PAPER_BUDGETS)}), got {rule!r}")
+
+
+def budget_rule(dataset: str, modality: str) -> str:
+    """How `dataset`'s auto students are sized: its declared rule, else its modality's paper table for
+    kdbench's paper datasets (those with a built-in teacher), else "relative"."""
+    from ..data.catalogue import family_default
+    from ..teachers import DEFAULT_TEACHERS
+
+    declared = family_default(dataset, "student_budget")
+    if declared is not None:
+        return declared
+    return MODALITY_TABLE.get(modality, RELATIVE) if dataset in DEFAULT_TEACHERS else RELATIVE
+
+
+def rule_table(rule: str, modality: str) -> str | None:
+    """The paper table whose n = 1, 2, 4, ... entries the rule uses (the relative rule: its modality's ratios)."""
+    return MODALITY_TABLE.get(modality) if rule == RELATIVE else rule
 
 
 @dataclass(frozen=True)
@@ -107,24 +147,76 @@ def budget_table(family: str) -> dict[str, dict[int, Budget]]:
     return BUDGET_TABLES.get(family)
 
 
+def table_budget(family: str, table_name: str, n_students: int) -> Budget:
+    """The family's per-student budget for n students in one table; one clear error when it has none."""
+    table = budget_table(family)[table_name]
+    if n_students not in table:
+        raise KdbenchError(
+            f"the {family} budget table has no entry for n={n_students} students "
+            f"(it has n = {', '.join(map(str, sorted(table)))}); pass budget= explicitly"
+        )
+    return table[n_students]
+
+
+def relative_budget(teacher: Budget, n_students: int, table_name: str, family: str = "paper") -> Budget:
+    """The paper's student / teacher ratios (params and FLOPs, for n students) applied to `teacher`."""
+    paper, ref = table_budget(family, table_name, n_students), PAPER_TEACHERS[table_name]
+    return Budget(max(1, round(teacher.params * paper.params / ref.params)), max(2, round(teacher.flops * paper.flops / ref.flops)))
+
+
+@functools.lru_cache(maxsize=16)
+def model_cost(arch: str, spec: DataSpec) -> Budget:
+    """Params and FLOPs of zoo model `arch` built on `spec` (the global RNG is left as it was)."""
+    from .zoo import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(arch, spec)
+    return Budget(count_params(model), 2 * count_macs(model, spec))
+
+
+def auto_student(spec: DataSpec, n_students: int, out_features: int, family: str, rule: str,
+                 teacher: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The `auto` student of a dataset whose budget rule is `rule`: a paper table's budget, or
+    ("relative") the paper's ratios applied to `teacher` (the dataset's default teacher) on `spec`."""
+    if rule != RELATIVE:
+        return budget_student(spec, n_students, out_features, family, table=rule)
+    table_name = rule_table(rule, spec.modality)
+    if table_name is None or teacher is None:
+        raise KdbenchError(f"no relative student budget for modality '{spec.modality}' without a teacher; pass --student ARCH")
+    ref = model_cost(teacher, spec)
+    model, info = budget_student(spec, n_students, out_features, family, budget=relative_budget(ref, n_students, table_name, family))
+    ratio = table_budget(family, table_name, n_students).params / PAPER_TEACHERS[table_name].params
+    info.update(family=family, table=table_name, rule=RELATIVE, reference_teacher=teacher, reference_params=ref.params,
+                deviation=f"no paper budget for this dataset: students sized to the {family} table {table_name}'s student / "
+                          f"teacher ratio for n={n_students} ({ratio:.2%} of the params) of teacher {teacher} "
+                          f"({ref.params:,} params here)")
+    return model, info
+
+
+def student_size_warning(student_params: int, teacher_params: int, teacher: str) -> str | None:
+    """The warning for a student not smaller than its teacher (None when it is smaller); also warned on stderr."""
+    if student_params < teacher_params:
+        return None
+    text = (f"the student ({student_params:,} params) is not smaller than its teacher {teacher} ({teacher_params:,} params); "
+            "pass a smaller --student, or declare the dataset's student_budget")
+    warnings.warn(text, StudentSizeWarning, stacklevel=2)
+    return text
+
+
 def budget_student(
-    spec: DataSpec, n_students: int, out_features: int, family: str = "paper", *, budget: Budget | None = None
+    spec: DataSpec, n_students: int, out_features: int, family: str = "paper", *, budget: Budget | None = None,
+    table: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A student for one of `n_students` under the family's per-student budget (or an explicit `budget`).
+    """A student for one of `n_students` under the family's per-student budget (or an explicit `budget`)
+    in `table` (default: the modality's paper table).
 
     Returns the model and an info dict: config, target and actual params / MACs / FLOPs, relative error."""
     explicit = budget is not None
-    table_name = MODALITY_TABLE.get(spec.modality)
-    if table_name is None:
+    table_name = table or MODALITY_TABLE.get(spec.modality)
+    if spec.modality not in FAMILIES or table_name is None:
         raise KdbenchError(f"no student family for modality '{spec.modality}'")
     if budget is None:
-        table = budget_table(family)[table_name]
-        if n_students not in table:
-            raise KdbenchError(
-                f"the {family} budget table has no entry for n={n_students} students "
-                f"(it has n = {', '.join(map(str, sorted(table)))}); pass budget= explicitly"
-            )
-        budget = table[n_students]
+        budget = table_budget(family, table_name, n_students)
     fam = FAMILIES[spec.modality]
     best: tuple[float, dict[str, Any], Cost] | None = None
     for cfg, cost in fam.candidates(spec, budget.params, out_features):

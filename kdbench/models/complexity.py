@@ -5,10 +5,11 @@ convention of the papers' tables and of `torch.utils.flop_counter`: normalisatio
 upsampling and activations count 0 (fvcore would add BatchNorm and average pooling otherwise)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +41,20 @@ def _example_input(model: nn.Module, shape: DataSpec | Sequence[int] | torch.Ten
     return torch.zeros((1, *shape), dtype=torch.float32, device=device)
 
 
+@contextlib.contextmanager
+def eager(model: nn.Module) -> Iterator[None]:
+    """Modules compiled in place (`nn.Module.compile`, kdbench's --compile) run uncompiled inside: fvcore's
+    jit tracer refuses dynamo-optimised functions. (`_compiled_call_impl` is where torch keeps them.)"""
+    saved = {m: m._compiled_call_impl for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    for m in saved:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, impl in saved.items():
+            m._compiled_call_impl = impl
+
+
 def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] | torch.Tensor) -> int:
     """Multiply-adds of one sample's forward pass in eval mode, counted by fvcore.
 
@@ -52,10 +67,11 @@ def count_macs(model: nn.Module, spec_or_input_shape: DataSpec | Sequence[int] |
     old_level = fv_logger.level
     fv_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore")  # fvcore's import and the jit tracer warn on every call
             from fvcore.nn import FlopCountAnalysis
 
+            stack.enter_context(eager(model))
             analysis = FlopCountAnalysis(model, (x,))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             # a zero handle, not None: fvcore keeps counting a default handle that is set to None

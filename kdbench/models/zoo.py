@@ -13,7 +13,7 @@ from ..registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 
-MODELS: Registry[ModelFactory] = Registry("model")
+MODELS: Registry[ModelFactory] = Registry("model", plugins="kdbench.models")  # + installed model plugins
 TIMM_PREFIX = "timm/"
 
 # The spec a factory is shown with in `list_models` when it registers none of its own.
@@ -27,7 +27,10 @@ CIFAR_SPEC = DataSpec((3, 32, 32), 10, "image")
 def register_model(
     name: str, *, modality: str = "image", default_spec: DataSpec | None = None
 ) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: register a factory; `modality` lets `create_model` refuse a mismatched dataset early."""
+    """Decorator: register `fn(spec: DataSpec, **options) -> nn.Module` as model `name` (a student or a
+    teacher: `--student NAME`, `--teacher NAME`); `modality` lets `create_model` refuse a mismatched
+    dataset early. Any module works: its dense representation is read at its last `nn.Linear`
+    (`kdbench.models.dense_view`) unless it has the zoo's `features` / `classifier` protocol."""
 
     def deco(fn: ModelFactory) -> ModelFactory:
         fn.modality = modality  # type: ignore[attr-defined]

@@ -198,6 +198,58 @@ def tcn_table2(ctx: Context) -> Table | Skipped:
 _LATENCY = (("Teacher", "latency.{b}.teacher"), ("Deployed", "latency_ms_{b}"),
             ("Sequential", "latency.{b}.sequential"), ("Fused", "latency.{b}.fused"),
             ("Parallel", "latency.{b}.parallel"))
+OVERSUBSCRIBED = "‡"
+_PHASES = {"train": "training", "latency": "latency"}
+
+
+def _busy_cells(ctx: Context, df: pd.DataFrame, keys: list[str], phase: str) -> dict[tuple, int]:
+    """Cells (key tuples) with runs whose `phase` was timed on an oversubscribed machine (the
+    record's `env.load.<phase>.oversubscribed`: load average above the CPU count), and how many."""
+    def busy(key: str) -> bool:
+        load = (ctx.results.env.get(key) or {}).get("load")
+        return isinstance(load, dict) and isinstance(load.get(phase), dict) and load[phase].get("oversubscribed") is True
+
+    flags = df["run_key"].map(busy)
+    counts = flags.groupby([df[k] for k in keys], sort=False, dropna=False).sum()
+    return {(k if isinstance(k, tuple) else (k,)): int(n) for k, n in counts.items() if n}
+
+
+def _flag(text: str, r: pd.Series, keys: list[str], busy: dict[tuple, int]) -> str:
+    return f"{text} {OVERSUBSCRIBED}" if tuple(r[k] for k in keys) in busy else text
+
+
+def _busy_note(busy: dict[tuple, int], phase: str) -> list[str]:
+    if not busy:
+        return []
+    return [f"{OVERSUBSCRIBED} {sum(busy.values())} run(s) of {len(busy)} cell(s) had their {_PHASES[phase]} timed while "
+            f"the machine was oversubscribed (1-min load average above its CPU count, `env.load.{phase}`): "
+            f"those times include waiting for a core and are inflated."]
+
+
+def _flags(df: pd.DataFrame, column: str) -> pd.Series:
+    """A boolean column (True only where the record says true; missing -> False)."""
+    if column not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df[column].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v)).astype(bool)
+
+
+def _latency_note(df: pd.DataFrame) -> str:
+    """How the latencies behind a table were measured: the quiet pass, inside the runs, or both."""
+    quiet = _flags(df, "latency_quiet")
+    parts = []
+    if quiet.any():
+        threads = sorted({int(t) for t in numeric(df[quiet], "latency_pass.threads").dropna()})
+        rel = sorted({float(v) for v in numeric(df[quiet], "latency_pass.rule.rel_halfwidth").dropna()})
+        capped = int(_flags(df[quiet], "latency_pass.capped").sum())
+        parts.append(f"{int(quiet.sum())} run(s) timed in the quiet pass (`kdbench latency`: after training, one model "
+                     f"at a time, {'/'.join(map(str, threads)) or '?'} torch thread(s), warm-up, repeated until the 95% "
+                     f"CI of the median was within {'/'.join(f'{v:.0%}' for v in rel) or '?'} of it"
+                     + (f"; in {capped} run(s) a timing stopped at the cap first, see `latency_pass.timings`" if capped else "")
+                     + ")")
+    if (~quiet).any():
+        parts.append(f"{int((~quiet).sum())} run(s) timed inside the run (20 timed passes, possibly sharing the cores "
+                     f"with other runs)")
+    return "Milliseconds per batch, median of timed forward passes, eval mode: " + "; ".join(parts) + "."
 
 
 @table(50, "tcn_table5_inference_time", "TCN Table 5: inference time")
@@ -220,13 +272,14 @@ def tcn_table5(ctx: Context) -> Table | Skipped:
             parts.append(s)
     summ = sort_cells(pd.concat(parts, ignore_index=True), (*extras, "batch"))
     heads = [h for h, _ in _LATENCY if any(summ["quantity"] == h)]
+    busy = _busy_cells(ctx, df, keys, "latency")
     display = pivot(summ, lambda r: (r["dataset"], label(r, extras), str(r["batch"])), lambda r: r["quantity"],
-                    lambda r: ctx.cell(r, stats.auto_decimals(r["mean"], 3, maximum=4)),
+                    lambda r: _flag(ctx.cell(r, stats.auto_decimals(r["mean"], 3, maximum=4)), r, keys, busy),
                     ["Dataset", "Configuration", "Batch"], heads)
-    notes = ["Milliseconds per batch: median of >= 20 timed forward passes after warm-up, eval mode. Deployed: "
+    notes = [_latency_note(df) + " Deployed: "
              "the method's predictor; TCN sequential: students one after another; fused: one batched computation; "
              "parallel: max over students (one student per worker, as the paper's one student per VM).",
-             "Timings depend on the machine; see the environment in the appendix.",
+             "Timings depend on the machine; see the environment in the appendix.", *_busy_note(busy, "latency"),
              ctx.spread_note(), *ctx.protocol_notes(df)]
     return Table("tcn_table5_inference_time", "TCN Table 5: inference time (ms per batch)", display,
                  _data(summ, extras), notes)
@@ -305,9 +358,12 @@ def tcn_table8(ctx: Context) -> Table | Skipped:
     for key, sub in df.groupby(keys, sort=False):
         flops[(key[0], label(pd.Series(dict(zip(keys, key))), extras))] = count_cell(sub["flops_each"])
 
+    busy = _busy_cells(ctx, df, keys, "train")
+
     def text(r: pd.Series) -> str:
-        dec = 1 if r["quantity"] == "epochs_run" else stats.auto_decimals(r["mean"], 3, maximum=3)
-        return ctx.cell(r, dec)
+        if r["quantity"] == "epochs_run":
+            return ctx.cell(r, 1)
+        return _flag(ctx.cell(r, stats.auto_decimals(r["mean"], 3, maximum=3)), r, keys, busy)
 
     heads = [quantities[q] for q in quantities if (summ["quantity"] == q).any()]
     display = pivot(summ, lambda r: (r["dataset"], label(r, extras)), lambda r: quantities[r["quantity"]], text,
@@ -316,7 +372,7 @@ def tcn_table8(ctx: Context) -> Table | Skipped:
     notes = ["Wall time of `method.fit` (teacher training and target caching excluded). Seconds / epoch: mean "
              "epoch time (TCN: per student-epoch). Seconds / student: mean over students of each student's time "
              "(the deployed model's time for single-model methods).",
-             "Timings depend on the machine; see the environment in the appendix.",
+             "Timings depend on the machine; see the environment in the appendix.", *_busy_note(busy, "train"),
              ctx.spread_note(), *ctx.protocol_notes(df)]
     return Table("tcn_table8_training_time", "TCN Table 8: training time", display, _data(summ, extras), notes)
 
@@ -342,8 +398,11 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
     totals = totals.iloc[sorted(range(len(totals)), key=lambda i: dataset_rank(totals["dataset"].iloc[i]))]
     both = pd.concat([summ.assign(label=[label(r, extras) for _, r in summ.iterrows()]), totals], ignore_index=True)
     heads = {"wall": "Wall (s)", **parts, "rest": "Measurement and rest (s)"}
+    busy = _busy_cells(ctx, df, keys, "train")
     display = pd.DataFrame({"Dataset": both["dataset"], "Configuration": both["label"], "Runs": both["runs"].astype(int).astype(str),
                             **{h: both[c].map(fmt) for c, h in heads.items()}})
+    display["Fit (s)"] = [_flag(t, r, keys, busy) if i < len(summ) else t
+                          for i, (t, (_, r)) in enumerate(zip(display["Fit (s)"], both.iterrows()))]
     once = ", ".join(f"{d} {v:,.0f} s" for d, v in sorted(teacher_train.items()) if v > 0) or "none recorded"
     notes = ["Sums over the runs behind each row. Wall: the record's finish minus start time (1 s resolution); "
              "Fit: `method.fit`; Targets: computing the teacher targets (0 when they come from the cache, which is read memory-mapped inside Fit); Teacher load: "
@@ -351,7 +410,7 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
              "and writing the record.",
              f"Teacher training, once per distinct teacher and not in the rows: {once}.",
              "Wall times include any time the runs spent waiting for a CPU on a shared machine; see the load "
-             "in the environment appendix.", *ctx.protocol_notes(df)]
+             "in the environment appendix.", *_busy_note(busy, "train"), *ctx.protocol_notes(df)]
     return Table("sweep_cost", "Where the sweep's time went", display, _data(summ, extras), notes)
 
 
@@ -410,6 +469,8 @@ def environment_table(ctx: Context) -> Table:
     counts: dict[tuple[str, str], int] = {}
     for key in ctx.df["run_key"]:
         for k, v in sorted(_flat_env(ctx.results.env.get(key, {})).items()):
+            if k.startswith("load.") and not k.endswith(".oversubscribed"):  # per-run numbers: in the records
+                continue
             counts[(k, v)] = counts.get((k, v), 0) + 1
     names = sorted({k for k, _ in counts}, key=lambda k: (ENV_KEYS_FIRST.index(k) if k in ENV_KEYS_FIRST
                                                           else len(ENV_KEYS_FIRST), k))
@@ -437,11 +498,13 @@ def teachers_table(ctx: Context) -> Table:
     """One row per distinct teacher: how it was made (recipe or import) and its accuracy, so a reader
     sees whether it is the paper's teacher or kdbench's stand-in."""
     rows: dict[str, dict[str, Any]] = {}
+    warned: dict[str, None] = {}  # the teachers' warnings (val above test beyond chance), once each
     for key, tid, val, test in zip(ctx.df["run_key"], ctx.df["teacher_id"], numeric(ctx.df, "teacher_val_acc"),
                                    numeric(ctx.df, "teacher_test_acc")):
         info = ctx.results.teachers.get(key)
         if not info:
             continue
+        warned.update(dict.fromkeys(str(w) for w in info.get("warnings") or []))
         row = rows.setdefault(tid, {"teacher": str(info.get("arch", "")), "dataset": str(info.get("dataset", "")),
                                     "source": str(info.get("source", "")), "how": _teacher_how(info),
                                     "val_acc": val, "test_acc": test, "runs": 0})
@@ -456,7 +519,8 @@ def teachers_table(ctx: Context) -> Table:
                                 "Val acc (%)": [""], "Test acc (%)": [""], "Runs": ["0"]})
     return Table("teachers", "Teachers", display, data,
                  ["From the records' `teacher` block. A trained teacher uses kdbench's recipe (shown), not a "
-                  "paper's unless the recipe says so; its test accuracy is reported only, never used for selection."])
+                  "paper's unless the recipe says so; its test accuracy is reported only, never used for selection.",
+                  *(f"Warning: {w}" for w in warned)])
 
 
 def _teacher_how(info: dict[str, Any]) -> str:
