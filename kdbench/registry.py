@@ -24,7 +24,6 @@ from .errors import KdbenchError
 T = TypeVar("T")
 
 IMPORT_ENV = "KDBENCH_IMPORT"
-PLUGIN_GROUPS = ("kdbench.methods", "kdbench.datasets", "kdbench.models")
 
 
 class PluginWarning(UserWarning):
@@ -95,7 +94,7 @@ class Registry(Generic[T]):
 # ---------------------------------------------------------------------------------------------
 _imported: list[str] = []  # modules imported by name (--import, $KDBENCH_IMPORT) in this process, in order
 _groups_loaded: set[str] = set()
-_failed: dict[str, str] = {}  # plugin module -> why it failed (warned about once)
+_failed: set[str] = set()  # plugin modules that failed to import (each warned about once)
 
 
 def module_names(text: str | None) -> list[str]:
@@ -114,7 +113,7 @@ def import_modules(names: Iterable[str], source: str = "--import") -> None:
     for name in names:
         if name in _imported:
             continue
-        if os.getcwd() not in sys.path and "" not in sys.path:
+        if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
         try:
             importlib.import_module(name)
@@ -126,11 +125,6 @@ def import_modules(names: Iterable[str], source: str = "--import") -> None:
 def import_from_env() -> None:
     """The modules named in $KDBENCH_IMPORT."""
     import_modules(module_names(os.environ.get(IMPORT_ENV)), f"${IMPORT_ENV}")
-
-
-def imported_modules() -> tuple[str, ...]:
-    """Every module imported by name in this process so far."""
-    return tuple(_imported)
 
 
 def worker_modules() -> list[str]:
@@ -151,9 +145,9 @@ def load_entry_points(group: str) -> None:
         try:
             ep.load()
         except Exception as e:  # noqa: BLE001 - a broken plugin must not break kdbench
-            _failed[module] = _first_line(e)
+            _failed.add(module)
             dist = getattr(getattr(ep, "dist", None), "name", None)
-            warnings.warn(f"kdbench plugin '{ep.name}' ({ep.value}{f', package {dist}' if dist else ''}) failed to "
+            warnings.warn(f"plugin '{ep.name}' ({ep.value}{f', package {dist}' if dist else ''}) failed to "
                           f"import and is left out: {_first_line(e)}", PluginWarning, stacklevel=2)
 
 
@@ -161,8 +155,3 @@ def load_plugins(group: str) -> None:
     """Everything that may register into `group`'s registry: the entry points, then $KDBENCH_IMPORT."""
     load_entry_points(group)
     import_from_env()
-
-
-def failed_plugins() -> dict[str, str]:
-    """Plugin module -> why it failed to import (for `kdbench list`-style diagnostics and tests)."""
-    return dict(_failed)

@@ -20,7 +20,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", choices=["paper", "repo"], help="budget family of auto students")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable, or k=v,k2=v2)")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="dataset option of this run, e.g. maxlen=200 for a text dataset (repeatable; see `kdbench list datasets`)")
+                   help="dataset option of this run, e.g. maxlen=200 for a text dataset (repeatable; an unknown "
+                        "name is refused with the dataset's list of options)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
