@@ -7,6 +7,7 @@ progress bars and per-epoch history.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -286,6 +287,18 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         _ALLOCATOR_TUNED = False
     return _ALLOCATOR_TUNED
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` while the body runs, the caller's again after
+    (teachers and the latency pass run at a fixed, recorded count whatever the executor)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from . import store
+from .engine import torch_threads
 from .errors import KdbenchError
 from .measure import LoadProbe, StopRule, Timing, adaptive_timing, environment, latency_ms
 
@@ -80,7 +80,7 @@ def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, thread
     check_threads(threads)
     wanted = None if keys is None else set(keys)
     result = PassResult()
-    with FileLock(str(out / LOCK_NAME)), pinned_threads(threads):
+    with FileLock(str(out / LOCK_NAME)), torch_threads(threads):
         records = [r for r in store.read_records(out)[0] if r["status"] == "ok" and (wanted is None or r["run_key"] in wanted)]
         todo = [r for r in records if force or not (r.get("metrics") or {}).get("latency_quiet")]
         result.already = sorted({r["run_key"] for r in records} - {r["run_key"] for r in todo})
@@ -106,17 +106,6 @@ def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, thread
 def check_threads(threads: Any) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise KdbenchError(f"latency threads must be an integer >= 1, got {threads!r}")
-
-
-@contextmanager
-def pinned_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the pass, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _data_order(rec: dict[str, Any]) -> tuple:

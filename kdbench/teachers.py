@@ -11,10 +11,9 @@ import json
 import pickle
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from torch.nn import functional as F
 from .cache import CacheEntry, key_hash, load_array, save_array, sha256_file
 from .config import CODE_VERSION, TeacherRecipe
 from .data.base import DataSpec, Splits
-from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, seed_everything, train
+from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, seed_everything, torch_threads, train
 from .errors import KdbenchError
 from .method import Targets
 
@@ -58,17 +57,6 @@ DEFAULT_RECIPES = {
 # --threads: on a CPU the thread count changes the floats, and a teacher's cache key holds none, so
 # it must not vary (one key, one teacher). The sidecars record it.
 TEACHER_THREADS = 1
-
-
-@contextmanager
-def teacher_threads() -> Iterator[None]:
-    """TEACHER_THREADS torch threads while the body runs, then the caller's again."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(TEACHER_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def default_teacher(dataset: str) -> str:
@@ -170,7 +158,7 @@ def get_teacher(
     def writer(tmp: Path) -> dict[str, Any]:
         seed_everything(recipe.seed)
         model = build_model(arch, **options)
-        with teacher_threads():
+        with torch_threads(TEACHER_THREADS):
             metrics = train_teacher_model(model, data, recipe, device, progress)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         return {"arch": arch, "dataset": data.name, "recipe": dataclasses.asdict(recipe), "split": _split_identity(data),
@@ -277,7 +265,7 @@ def teacher_targets(teacher: Teacher, data: Splits, split: str, device: torch.de
         view = dense_view(teacher.model)
         x = getattr(data, split).x
         feats, logits = [], []
-        with torch.inference_mode(), teacher_threads():
+        with torch.inference_mode(), torch_threads(TEACHER_THREADS):
             for i in range(0, len(x), batch_size):
                 f = view.features(x[i : i + batch_size])
                 feats.append(f.float().cpu())

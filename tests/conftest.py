@@ -19,3 +19,11 @@ def data_root() -> Path:
     if not path.is_dir():
         pytest.fail(f"KDBENCH_DATA={root} is not a directory")
     return path
+
+
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch) -> Path:
+    """A test of its own: an empty cache under tmp_path and no progress bars; returns tmp_path."""
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
+    return tmp_path

@@ -19,10 +19,8 @@ QUICK = ["--dataset", "digits", "--max-train", "300", "--epochs", "2", "--no-lat
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-    return tmp_path
+def env(own_cache: Path) -> Path:
+    return own_cache
 
 
 def _record(out: Path, *args: str) -> dict:

@@ -18,10 +18,8 @@ QUICK = ["--dataset", "digits", "--max-train", "300", "--epochs", "2", "--no-lat
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-    return tmp_path
+def env(own_cache: Path) -> Path:
+    return own_cache
 
 
 def _run(out: Path, *extra: str) -> dict:
