@@ -20,11 +20,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from helpers_sweep import quiet_env  # noqa: F401  (fixture)
+
 from kdbench.augment import batch_transform, crop_flip
 from kdbench.cli import main
 from kdbench.config import RunSpec, TeacherRecipe
 from kdbench.data.base import DataSpec, Split, Splits
-from kdbench.engine import Batch, Step, train
+from kdbench.engine import Batch, Step, torch_threads, train
 from kdbench.errors import KdbenchError
 from kdbench.method import Context, Schedule, Targets, get_method
 from kdbench.runner import resolve, run
@@ -34,16 +36,10 @@ OK = "--dataset digits --max-train 60 --epochs 1 --teacher plain2 --teacher-epoc
 
 
 @pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path_factory):
-    """No progress bars, one thread, and one cache for the module (the tiny teacher trains once)."""
-    cache = tmp_path_factory.getbasetemp() / "augment-cache"
-    cache.mkdir(exist_ok=True)
-    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
-    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def quiet(quiet_env):
+    """No progress bars, one thread, and one cache for the session (the tiny teacher trains once)."""
+    with torch_threads(1):
+        yield
 
 
 def images(n: int = 12, seed: int = 0) -> torch.Tensor:
