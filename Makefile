@@ -18,10 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/kdbench sweep --method student,kd,tcn --students 1,2,4,8 --dataset mnist-5k --seeds 3 --epochs 6 \
-		--workers 2 --threads 1 --no-latency --out results/demo --report --report-name demo
+	$(VENV)/bin/kdbench sweep --preset demo --workers 2 --threads 1 --no-latency --out results/demo --report --report-name demo
 	@echo "results: results/demo (records), reports/demo/report.md (tables and plots)"
-	@echo "(a small demo: 6 epochs on 4,500 images, below the paper's recipe; see reports/ for full MNIST)"
+	@echo "(a small demo: a few epochs on 4,500 images, below the papers' recipes; see reports/ for full MNIST)"
 
 test: install
 	$(PY) -m pytest -q
