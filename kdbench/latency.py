@@ -263,8 +263,8 @@ def teacher_model(spec: Any, data: Any, device: torch.device) -> nn.Module:
     this process (elsewhere: one line saying it cannot be rebuilt)."""
     from .models import place
     from .models.dense import ExternalModel
-    from .teachers import (MODULE_PREFIX, build_teacher_model, default_teacher, input_normalization, model_options,
-                           module_teacher)
+    from .teachers import (FILE_PREFIX, MODULE_PREFIX, build_teacher_model, checkpoint_teacher, input_normalization,
+                           model_options, module_teacher)
 
     if spec.teacher.startswith(MODULE_PREFIX):
         mt = module_teacher(spec.teacher)
@@ -272,8 +272,7 @@ def teacher_model(spec: Any, data: Any, device: torch.device) -> nn.Module:
         model = place(ExternalModel(copy.deepcopy(mt.module), mt.dense, norm), device)
     else:
         arch = spec.teacher
-        if arch.startswith("file:"):
-            rest = arch[5:]
-            arch = rest.partition("=")[0] if "=" in rest else default_teacher(spec.dataset)
+        if arch.startswith(FILE_PREFIX):
+            arch = checkpoint_teacher(arch, spec.dataset)[0]
         model = build_teacher_model(arch, data.spec, device, **model_options(spec.teacher_normalize))
     return model.eval().requires_grad_(False)

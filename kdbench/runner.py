@@ -26,7 +26,8 @@ from .errors import KdbenchError
 from .measure import LoadProbe, environment, latency_ms, peak_cuda_mb, peak_rss_mb
 from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
 from .models.budget import student_size_warning
-from .teachers import Teacher, default_recipe, default_teacher, get_teacher, module_teacher_for, teacher_targets
+from .teachers import (FILE_PREFIX, Teacher, checkpoint_teacher, default_recipe, default_teacher, get_teacher,
+                       module_teacher_for, teacher_targets)
 from .tracking import Tracking
 from .tracking import session as tracking_session
 
@@ -152,12 +153,11 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
         module_teacher(spec.teacher)  # a record rerun without its module (the CLI): one line
         _check_normalize(None, spec.teacher_normalize, entry)
         return
-    if spec.teacher.startswith("file:"):
-        rest = spec.teacher[5:]
-        name, _, path = rest.partition("=") if "=" in rest else ("", "", rest)
-        if not path or not Path(path).is_file():
-            raise KdbenchError(f"teacher checkpoint '{path}' does not exist (--teacher file:[ARCH=]PATH)")
-        teacher_arch = name or default_teacher(spec.dataset)
+    if spec.teacher.startswith(FILE_PREFIX):
+        teacher_arch, path = checkpoint_teacher(spec.teacher, spec.dataset)
+        if not path.is_file():
+            unset = " (an environment variable in it is not set)" if "$" in str(path) else ""
+            raise KdbenchError(f"teacher checkpoint '{path}' does not exist{unset} (--teacher file:[ARCH=]PATH)")
         if is_importable(teacher_arch):
             importable_class(teacher_arch)  # no module, no class, not an nn.Module: one line
         else:
@@ -393,10 +393,9 @@ def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress:
 
     if spec.teacher.startswith(MODULE_PREFIX):
         return adopt_module_teacher(module or module_teacher(spec.teacher), data, device, spec.teacher_normalize)
-    if spec.teacher.startswith("file:"):
-        arch_path = spec.teacher[5:]
-        arch, _, path = arch_path.partition("=") if "=" in arch_path else (default_teacher(spec.dataset), "", arch_path)
-        return import_teacher(Path(path), arch, data, device, build, spec.teacher_normalize)
+    if spec.teacher.startswith(FILE_PREFIX):
+        arch, path = checkpoint_teacher(spec.teacher, spec.dataset)
+        return import_teacher(path, arch, data, device, build, spec.teacher_normalize)
     return get_teacher(spec.teacher, data, spec.teacher_recipe, device, build, progress, spec.teacher_normalize)
 
 

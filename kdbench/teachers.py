@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import pickle
 import re
 import time
@@ -67,6 +68,18 @@ def default_teacher(dataset: str) -> str:
     if name is None:
         raise KdbenchError(f"no default teacher for dataset '{dataset}'; pass --teacher NAME")
     return name
+
+
+FILE_PREFIX = "file:"
+
+
+def checkpoint_teacher(teacher: str, dataset: str) -> tuple[str, Path]:
+    """`file:[ARCH=]PATH` -> (architecture, checkpoint path). PATH may name environment variables
+    (`$KDBENCH_WEIGHTS/resnet56.th`): they are expanded here, at load time, so the run key (which
+    holds the teacher string as written) is the same on every machine."""
+    rest = teacher[len(FILE_PREFIX):]
+    arch, _, path = rest.partition("=") if "=" in rest else ("", "", rest)
+    return arch or default_teacher(dataset), Path(os.path.expandvars(path)) if path else Path()
 
 
 def default_recipe(dataset: str) -> TeacherRecipe:

@@ -82,3 +82,28 @@ def test_checkpoint_of_another_architecture_is_refused_before_training(env, tmp_
     assert code == 2 and len(err) == 1 and "do not fit teacher 'resnet56'" in err[0], err
     assert not list(out.glob("*.json")) if out.exists() else True
 
+
+
+def test_checkpoint_path_expands_environment_variables_but_the_run_key_does_not(env, monkeypatch, tmp_path):
+    """`$KDBENCH_WEIGHTS/...` in a preset resolves per machine; the key keeps the string as written."""
+    from kdbench.config import RunSpec
+    from kdbench.runner import resolve
+    from kdbench.teachers import checkpoint_teacher
+
+    weights = _weights("resnet20")
+    teacher = f"file:resnet20=$KDBENCH_WEIGHTS/{weights.name}"
+    monkeypatch.setenv("KDBENCH_WEIGHTS", str(weights.parent))
+    assert checkpoint_teacher(teacher, "cifar10-jpeg") == ("resnet20", weights)
+    spec = RunSpec(method="kd", dataset="cifar10-jpeg", teacher=teacher, teacher_normalize="imagenet", student="resnet8")
+    key = resolve(spec).key
+    (tmp_path / weights.name).symlink_to(weights)  # the same weights on another machine's path
+    monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+    assert resolve(spec).key == key
+
+
+def test_unset_variable_in_a_checkpoint_path_is_one_line_and_exit_2(env, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("KDBENCH_UNSET_DIR", raising=False)
+    code = main(["run", "--method", "kd", "--dataset", "cifar10-jpeg", "--teacher", "file:resnet20=$KDBENCH_UNSET_DIR/r.th",
+                 "--student", "resnet8", "--epochs", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "environment variable" in err[0], err
