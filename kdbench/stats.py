@@ -123,6 +123,11 @@ def _order_key(value: Any) -> tuple[int, Any]:
     return (2, str(value))
 
 
+def order_key(value: Any) -> tuple[int, Any]:
+    """The stable sort key of mixed key values (missing, numbers, strings): deterministic tie-breaks."""
+    return _order_key(value)
+
+
 def _same(a: Any, b: Any) -> bool:
     return _order_key(a) == _order_key(b)
 

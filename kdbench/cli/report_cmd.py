@@ -15,7 +15,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "report", help="build tables and figures from run records",
         description="Build reports/<name>/report.md, tables.tex, tables/*.csv and figures/*.png|pdf from the "
                     "run records of RESULTS_DIR: mean ± 95%% CI over seeds (n in every cell), Welch tests against "
-                    "a baseline method with Holm correction, and paper-vs-kdbench comparisons.")
+                    "a baseline method with Holm correction, and paper-vs-kdbench comparisons; when the runs span more than "
+                    "one student size, a size study (accuracy vs params and MACs with the Pareto front, and which "
+                    "method wins at which budget).")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of run records (*.json)")
     p.add_argument("--out", default="reports", help="parent folder of the report (default: reports)")
     p.add_argument("--name", default=None, help="report folder name (default: the results folder's name)")
@@ -28,6 +30,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--spread", default="ci", choices=["ci", "std"],
                    help="what ± shows: 95%% CI half-width (default) or the standard deviation")
     p.add_argument("--no-figures", action="store_true", help="tables only, no plots")
+    p.add_argument("--select", default="none", choices=["none", "val"],
+                   help="val: tuning on val; per cell, keep the hyperparameters (method parameters and any other "
+                        "field that varies besides the seed) with the best mean val accuracy over seeds, show the test "
+                        "accuracy of that choice only, and a table of what was searched and what won (default: none, "
+                        "every configuration is its own cell)")
     p.set_defaults(func=run)
     return p
 
@@ -38,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = build_report(args.results_dir, args.out, name=args.name, formats=args.formats, accuracy=args.accuracy,
                        baseline_method=args.baseline_method, bootstrap=args.bootstrap, spread=args.spread,
-                       figures=not args.no_figures, log=lambda text: print(text, file=sys.stderr))
+                       figures=not args.no_figures, log=lambda text: print(text, file=sys.stderr),
+                       select=args.select)
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     print(f"report written to {out} ({len(written)} files)")
     for main in ("report.md", "tables.tex"):

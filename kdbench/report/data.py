@@ -5,6 +5,7 @@ teacher identity (a teacher shared by several runs is one observation of teacher
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -17,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from .. import store
+from ..config import RunSpec
 from ..errors import KdbenchError
 from ..registry import Registry
 
 # spec columns that identify a cell besides the seed (the base ones always, the extra ones only when
 # they vary inside a base cell, so that runs of different students never share a mean)
 BASE_KEYS = ("dataset", "method", "mode", "n_students", "variant")
-EXTRA_KEYS = ("teacher", "student", "budget", "epochs", "max_train")  # cells differ by these when they vary
+EXTRA_KEYS = ("teacher", "student", "budget", "student_scale", "epochs", "max_train")  # cells differ by these when they vary
 
 METHOD_ORDER = ("teacher", "student", "kd", "takd", "kdgan", "ft", "tcn")
 METHOD_LABELS = {"teacher": "Teacher", "student": "Student (no KD)", "kd": "KD", "takd": "TAKD",
@@ -67,6 +69,7 @@ class Results:
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_key -> the record's `teacher` block
     invalid: list[store.Invalid] = field(default_factory=list)  # record files that failed validation, excluded
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # run_key -> per-epoch history
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_key -> every spec field (see full_spec)
 
 
 def paper_dataset(name: str) -> tuple[str | None, str | None]:
@@ -90,6 +93,17 @@ def _norm_key(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return int(value) if float(value).is_integer() else float(value)
     return str(value)
+
+
+def full_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every field of a record's spec, the ones it leaves out at their default filled in, so that records
+    written before a field existed compare equal to newer ones on it (`params_changed`, derived, dropped)."""
+    spec = store.canonical_spec(spec)
+    try:
+        full = dataclasses.asdict(RunSpec.from_dict(spec))
+    except (KdbenchError, TypeError, ValueError):  # not a spec this kdbench reads: as recorded
+        full = {}
+    return {**spec, **full}
 
 
 def _teacher_id(rec: dict[str, Any]) -> str:
@@ -121,9 +135,10 @@ def load(results_dir: str | Path) -> Results:
     frame = store.records_frame(ok)
     by_key = {r["run_key"]: r for r in ok}
     frame["teacher_id"] = [_teacher_id(by_key[k]) for k in frame["run_key"]]
+    specs = {k: full_spec(r.get("spec") or {}) for k, r in by_key.items()}
     for col in (*BASE_KEYS, *EXTRA_KEYS, "seed"):
-        if col not in frame.columns:
-            frame[col] = ""
+        if col not in frame.columns:  # a key the tidy frame does not carry: from the spec, "" when it has none
+            frame[col] = [specs[k].get(col) for k in frame["run_key"]] if col in EXTRA_KEYS else ""
         frame[col] = frame[col].map(_norm_key).astype(object)
     frame = frame.sort_values(["dataset", "method", "mode", "n_students", "variant", "seed", "run_key"],
                               key=lambda s: s.map(lambda v: (isinstance(v, str), v)), kind="stable")
@@ -133,7 +148,8 @@ def load(results_dir: str | Path) -> Results:
                    env={k: dict(r.get("env") or {}) for k, r in by_key.items()},
                    teachers={k: dict(r["teacher"]) for k, r in by_key.items() if isinstance(r.get("teacher"), dict)},
                    n_failed=len(records) - len(ok), source=path.resolve().name or "results", invalid=invalid,
-                   histories={k: [h for h in (r.get("history") or []) if isinstance(h, dict)] for k, r in by_key.items()})
+                   histories={k: [h for h in (r.get("history") or []) if isinstance(h, dict)] for k, r in by_key.items()},
+                   specs=specs)
 
 
 def _not_counted(failed: int, invalid: list[store.Invalid]) -> str:

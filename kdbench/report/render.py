@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..registry import Registry
 from ..store import atomic_write_text
-from .table import Report, Table
+from .table import Figure, Report, Table
 
 # ------------------------------------------------------------------------------------- Markdown
 
@@ -70,6 +70,23 @@ def markdown_warning(report: Report) -> list[str]:
     return [f"## Warning: {invalid_heading(report)}", "", INVALID_NOTE, "", *[f"- {line}" for line in invalid_lines(report)], ""]
 
 
+SIZE_NOTE = ("The runs span more than one student size: accuracy against the deployed predictor's params and MACs, "
+             "the Pareto front, and which method wins at which budget.")
+
+
+def markdown_figure(f: Figure) -> list[str]:
+    """A figure's section (PNG inline, the other formats linked), or one line saying why it was skipped."""
+    if f.reason:
+        return [f"- {f.title}: skipped, {f.reason}", ""]
+    png = [p for p in f.files if p.endswith(".png")]
+    others = [p for p in f.files if not p.endswith(".png")]
+    out = [f"### {f.title}", ""]
+    out += [f"![{f.title}]({p})" for p in png]
+    if others:
+        out += ["", "Also as " + ", ".join(f"[{Path(p).suffix[1:].upper()}]({p})" for p in others) + "."]
+    return out + [""]
+
+
 def markdown_report(report: Report) -> str:
     """The whole report.md, in a fixed section order (no timestamps: regenerating gives the same bytes)."""
     out = [f"# {report.title}", "", *markdown_warning(report), "## Protocol", ""]
@@ -81,19 +98,13 @@ def markdown_report(report: Report) -> str:
     if report.skipped:
         out += ["### Skipped tables", ""]
         out += [f"- {s.title}: {s.reason}" for s in report.skipped] + [""]
+    if report.sizes or report.size_figures:
+        out += ["## Size study", "", SIZE_NOTE, ""]
+        out += [markdown(t) for t in report.sizes]
+        out += [line for f in report.size_figures for line in markdown_figure(f)]
     if report.figures:
         out += ["## Figures", ""]
-        for f in report.figures:
-            if f.reason:
-                out += [f"- {f.title}: skipped, {f.reason}", ""]
-                continue
-            png = [p for p in f.files if p.endswith(".png")]
-            others = [p for p in f.files if not p.endswith(".png")]
-            out += [f"### {f.title}", ""]
-            out += [f"![{f.title}]({p})" for p in png]
-            if others:
-                out += ["", "Also as " + ", ".join(f"[{Path(p).suffix[1:].upper()}]({p})" for p in others) + "."]
-            out += [""]
+        out += [line for f in report.figures for line in markdown_figure(f)]
     if report.appendix:
         out += ["## Appendix", ""] + [markdown(t) for t in report.appendix]
     return "\n".join(out).rstrip("\n") + "\n"

@@ -50,6 +50,11 @@ class Report:
     overview: list[Table] = field(default_factory=list)  # runs per cell
     appendix: list[Table] = field(default_factory=list)  # environment, deviations
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of excluded record files
+    sizes: list[Table] = field(default_factory=list)  # the size study (only when runs span several sizes)
+    size_figures: list[Figure] = field(default_factory=list)
 
     def all_tables(self) -> list[Table]:
-        return [*self.overview, *self.tables, *self.appendix]
+        return [*self.overview, *self.tables, *self.sizes, *self.appendix]
+
+    def all_figures(self) -> list[Figure]:
+        return [*self.figures, *self.size_figures]
