@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 from ..config import check_report_name
 from ..errors import KdbenchError
 from . import paper, plots, sizes, tables
+from .provenance import match_preset, preset_line
 from .context import Context
 from .data import ACCURACY, load
 from .render import FORMATS, invalid_heading
@@ -63,8 +64,10 @@ def protocol(ctx: Context, selection: Selection | None = None) -> list[str]:
         not_counted += f"; {len(res.invalid)} invalid record files are excluded (listed above)"
     missing = ([f"The baseline method `{ctx.baseline}` has no runs here: no significance tests."]
                if not (ctx.df["method"] == ctx.baseline).any() else [])
+    preset = preset_line(match_preset(ctx.df["run_key"], ctx.df["dataset"]), res.source)
     return [
         f"Source: `{res.source}`, {n_ok} ok run records{not_counted}.",
+        *preset,
         ctx.accuracy_note() + " Paper tables that report another selection are compared as published.",
         *tuned,
         ctx.spread_note(),

@@ -1,0 +1,32 @@
+"""A report names the preset its runs come from, matched by run key against the preset's grid."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdbench.report.provenance import match_preset, preset_line
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "tcn-table3-mnist"
+
+
+def _keys() -> list[str]:
+    return sorted(json.loads(p.read_text())["run_key"] for p in RESULTS.glob("*.json"))
+
+
+def test_committed_runs_are_matched_to_their_preset_with_what_is_missing(data_root):
+    keys = _keys()
+    m = match_preset(keys, ["mnist"])
+    assert (m.name, m.planned, m.here, m.outside) == ("tcn-table3-mnist", 30, len(keys), 0)
+    assert set(m.missing) == {"tcn gan x3", "tcn gan n=2 x3", "tcn gan n=4 x3", "tcn gan n=8 x3"}
+    line = preset_line(m, "tcn-table3-mnist")[0]
+    assert "`kdbench sweep --preset tcn-table3-mnist --out results/tcn-table3-mnist` runs the other 12" in line
+
+
+def test_a_run_outside_the_grid_is_counted_and_unknown_runs_match_nothing(data_root):
+    keys = _keys()
+    m = match_preset([*keys[1:], "kd-mnist-s0-0000000000000000"], ["mnist"])
+    assert (m.name, m.here, m.outside) == ("tcn-table3-mnist", len(keys) - 1, 1)
+    assert preset_line(m, "x")[0].endswith("1 runs here are not in that preset.")
+    assert match_preset(["kd-mnist-s0-0000000000000000"], ["mnist"]) is None
+    assert match_preset(keys, ["digits"]) is None  # presets on other datasets are not even planned
+    assert preset_line(None, "x") == []
