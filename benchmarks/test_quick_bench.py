@@ -13,4 +13,5 @@ def test_quick_bench_all_checks_hold(bench_cache, capsys):
     bad = [(r.name, r.error, r.checks) for r in report.rows if r.error or not all(r.checks.values())]
     assert not bad, bad
     assert {r.name.split(":")[0] for r in report.rows} == {"targets", "fused", "layout", "parallel", "efficiency", "inference",
-                                                            "memory", "profile"}
+                                                            "memory", "profile", "overhead", "alternative", "seed fusion",
+                                                            "seed fusion auto"}

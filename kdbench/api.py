@@ -130,23 +130,31 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
           address: str | None = None, data_root: str | Path | None = None, latency: bool = True, dry_run: bool = False,
           report: bool = False, report_dir: str | Path = "reports", report_name: str | None = None,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
-          trackers: str | Sequence[str] | None = None, latency_threads: int = 1, **fields: Any) -> SweepResult:
+          trackers: str | Sequence[str] | None = None, latency_threads: int = 1, fuse_seeds: bool | str = "auto",
+          yes: bool = False, **fields: Any) -> SweepResult:
     """Expand a grid, validate every run, skip the ones already done in `out`, run the rest.
 
-    `fields` are the sweep fields of `kdbench sweep` / a YAML config: dataset, students, mode, seeds
-    (a count or a list), budget, student, teacher, teacher_epochs, epochs, batch_size, lr,
-    val_fraction, split_seed, max_train, device, params (a dict), data_options (a dict: the dataset's
-    options, e.g. {"maxlen": 200}). They override the preset / config.
+    `fields` are the sweep fields of `kdbench sweep` / a YAML config (kdbench.fields): dataset, students,
+    mode, seeds (a count or a list), budget, student, student_scale, teacher, teacher_epochs, epochs,
+    batch_size, lr, val_fraction, split_seed, max_train, device, params (a dict), data_options (a dict:
+    the dataset's options, e.g. {"maxlen": 200}). They override the preset / config. A list (or
+    comma-separated text) of a field's or a parameter's values is a grid axis, crossed with the others;
+    a grid of more than 10,000 runs is refused unless `yes=True`.
     A failed run is recorded and the sweep goes on; bad input raises KdbenchError before anything is written.
     `trackers` (`--log`): e.g. "tensorboard,mlflow" or ["wandb"], fed by every run (kdbench.tracking);
     `log` is where progress lines go.
     `latency`: time inference after training in the quiet pass (kdbench.latency, `latency_threads`
     torch threads), one model at a time, for the planned runs not yet timed; on a remote Ray cluster
     (`address`) the runs time themselves on their nodes instead.
+    `fuse_seeds` ("auto", True, False; `--no-fuse-seeds` is False): runs that differ only in their
+    seed train as one fused computation on the local executor (kdbench.seed_fuse), with the records of
+    the runs alone; auto fuses where that is faster for the device and model size.
     `teacher` may be an nn.Module (its weights are the teacher; `dense=` names the layer whose input is
     the dense representation, or is a function `dense(model, x)`); `normalize=` is `teacher_normalize`.
     """
     from .executors import EXECUTORS
+    from .seed_fuse import fuse_mode
+    from .sweep import MAX_RUNS
     from .teachers import api_teacher_fields, check_sendable
     from .tracking import setup
 
@@ -154,8 +162,9 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     spec = SweepSpec.build(preset=preset, config=config, overrides={"method": method, **fields})
     out_dir = resolve_out(spec, out)
     track = setup(trackers, out_dir)  # unknown or missing trackers: one line, before anything runs
-    planned = plan(spec, out_dir)  # validates every run
+    planned = plan(spec, out_dir, limit=None if yes else MAX_RUNS)  # validates every run
     executor_cls = EXECUTORS.get(executor)
+    fuse = fuse_mode(fuse_seeds)  # `fuse_seeds` (auto / True / False): seed siblings train fused (kdbench.seed_fuse)
     for name, value in (("workers", workers), ("threads", threads), ("latency-threads", latency_threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise KdbenchError(f"--{name} must be an integer >= 1, got {value!r}")
@@ -178,7 +187,8 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     ran = 0
     if todo:
         ran = _execute(todo, out_dir, executor_cls, workers=workers, threads=threads, address=address,
-                       data_root=data_root, latency=latency and not quiet, progress=progress, log=log, track=track)
+                       data_root=data_root, latency=latency and not quiet, progress=progress, log=log, track=track,
+                       fuse_seeds=fuse)
     timed = None
     if quiet and out_dir.is_dir():
         from .latency import quiet_pass
@@ -201,7 +211,7 @@ def _records(out_dir: Path, planned: Sequence[PlannedRun]) -> list[dict[str, Any
 
 def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, workers: int, threads: int | None,
              address: str | None, data_root: str | Path | None, latency: bool, progress: bool | None,
-             log: Callable[[str], None] | None, track: Any = None) -> int:
+             log: Callable[[str], None] | None, track: Any = None, fuse_seeds: str = "auto") -> int:
     from tqdm.auto import tqdm
 
     from .engine import progress_enabled
@@ -220,7 +230,7 @@ def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, w
             # appears later is a concurrent sweep's, not one to compute again
             jobs = [make_job(p.resolved, out_dir, data_root=str(data_root) if data_root else None, latency=latency,
                              threads=ex.threads_per_run(), progress=(None if show else False) if in_process else False,
-                             write=ex.writes_in_worker, track=track)
+                             write=ex.writes_in_worker, track=track, fuse_seeds=fuse_seeds)
                     for p in todo]
             if ex.prepares_in_parent:
                 prepare([p.resolved for p in todo], data_root, progress=show, log=say)
@@ -250,14 +260,15 @@ def run_line(record: dict[str, Any], wall_s: float) -> str:
     return f"{key} ok test_acc={fmt(m.get('test_acc'))} valbest={fmt(m.get('test_acc_valbest'))} ({wall_s:.1f}s)"
 
 
-def _report(out_dir: Path, report_dir: str | Path, name: str, log: Callable[[str], None] | None) -> Path | None:
+def _report(out_dir: Path, report_dir: str | Path, name: str, log: Callable[[str], None] | None,
+            select: str = "none") -> Path | None:
     try:
         build = getattr(importlib.import_module("kdbench.report"), "build_report")
     except (ImportError, AttributeError):
         if log:
             log("note: kdbench.report is not available; no report written")
         return None
-    path = Path(build(out_dir, report_dir, name=name))
+    path = Path(build(out_dir, report_dir, name=name, select=select))  # select "val": tuning on val
     if log:
         log(f"report: {path}")
     return path

@@ -17,6 +17,10 @@ from typing import Any
 
 from . import __version__
 from .errors import KdbenchError
+from .fields import AMP_DTYPES as AMP_DTYPES  # noqa: F401 - re-exported
+from .fields import FIELDS, Field, Int, axis_values
+from .fields import parse_params as parse_params  # noqa: F401 - re-exported: the one `--param` parser
+from .fields import parse_value as parse_value  # noqa: F401 - re-exported
 
 # Bump when a change to the code changes numbers for unchanged specs: old records then stop matching.
 CODE_VERSION = f"{__version__}+proto1"
@@ -32,13 +36,6 @@ class TeacherRecipe:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
-
-
-# Fields added after the first committed records, with their defaults: they enter a run's canonical
-# spec (and so its run key) only when set to something else.
-LATE_FIELDS: dict[str, Any] = {"augment": "none", "teacher_normalize": None, "amp": None, "compile": False,
-                               "data_options": {}}
-AMP_DTYPES = ("bf16", "fp16")  # --amp: autocast dtypes of student training (kdbench.engine.train)
 
 
 @dataclass(frozen=True)
@@ -68,6 +65,11 @@ class RunSpec:
     amp: str | None = None  # mixed precision of student training: None (float32), "bf16" or "fp16" (with grad scaling)
     compile: bool = False  # torch.compile the trained models (forward compiled in place, state dict names unchanged)
     data_options: dict[str, Any] = field(default_factory=dict)  # the dataset's options that differ from its defaults (maxlen, ...)
+    student_scale: float = 1.0  # multiplies the auto students' parameter and FLOP budget (kdbench.models.budget)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.student_scale, int) and not isinstance(self.student_scale, bool):
+            object.__setattr__(self, "student_scale", float(self.student_scale))  # 2 and 2.0: one spec, one key
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, except the late ones at their default (so run keys made before they existed stay valid)."""
@@ -99,6 +101,13 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
 
+# Fields added after the first committed records (`late` in the field table), with their defaults:
+# they enter a run's canonical spec (and so its run key) only when set to something else.
+LATE_FIELDS: dict[str, Any] = {
+    f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
+    for f in dataclasses.fields(RunSpec) if any(t.late and t.target == f.name for t in FIELDS)}
+
+
 def recipe_from_dict(d: Any) -> TeacherRecipe:
     if not isinstance(d, dict):
         raise KdbenchError(f"field 'teacher_recipe' must be a mapping, got {type(d).__name__}")
@@ -109,51 +118,34 @@ def recipe_from_dict(d: Any) -> TeacherRecipe:
     return TeacherRecipe(**d)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_fields(spec: "RunSpec") -> None:
     """Reject fields of the wrong type or range with one clear line (a hand-edited record or an API
-    call can carry anything; the CLI and YAML parsers already type their values)."""
+    call can carry anything; the CLI and YAML parsers already type their values). The kinds come
+    from the field table (kdbench.fields)."""
     def need(ok: bool, name: str, what: str, value: Any) -> None:
         if not ok:
             raise KdbenchError(f"run field '{name}' must be {what}, got {value!r}")
 
-    for name in ("method", "dataset", "teacher", "student", "budget", "device"):
-        value = getattr(spec, name)
-        need(isinstance(value, str) and bool(value.strip()), name, "a non-empty string", value)
-    need(spec.mode is None or (isinstance(spec.mode, str) and bool(spec.mode)), "mode", "a name or null", spec.mode)
-    need(spec.amp is None or spec.amp in AMP_DTYPES, "amp", f"one of {', '.join(AMP_DTYPES)} (or null)", spec.amp)
-    need(isinstance(spec.compile, bool), "compile", "true or false", spec.compile)
-    need(isinstance(spec.params, dict) and all(isinstance(k, str) for k in spec.params), "params",
-         "a mapping of parameter names to values", spec.params)
-    need(isinstance(spec.data_options, dict) and all(isinstance(k, str) for k in spec.data_options), "data_options",
-         "a mapping of dataset option names to values", spec.data_options)
-    need(_is_int(spec.n_students) and spec.n_students >= 1, "n_students", "an integer >= 1", spec.n_students)
-    for name in ("seed", "split_seed"):
-        value = getattr(spec, name)
-        need(_is_int(value) and value >= 0, name, "an integer >= 0", value)
-    for name in ("epochs", "batch_size", "max_train"):
-        value = getattr(spec, name)
-        need(value is None or (_is_int(value) and value >= 1), name, "an integer >= 1 (or null)", value)
-    need(spec.lr is None or (_is_number(spec.lr) and spec.lr > 0), "lr", "a finite number > 0 (or null)", spec.lr)
-    need(spec.val_fraction is None or (_is_number(spec.val_fraction) and 0 < spec.val_fraction < 1), "val_fraction",
-         "a number in (0, 1) (or null)", spec.val_fraction)
+    for f in FIELDS:
+        if f.kind is not None and f.target and not f.setter:
+            value = getattr(spec, f.target)
+            need(f.kind.ok(value), f.target, f.kind.what, value)
+    if spec.student_scale != 1 and spec.student != "auto":
+        raise KdbenchError(f"student_scale {spec.student_scale:g} scales the auto (budget) students; student "
+                           f"'{spec.student}' is explicit (give one of them)")
     r = spec.teacher_recipe
     need(r is None or isinstance(r, TeacherRecipe), "teacher_recipe", "a teacher recipe (or null)", r)
     if r is not None:
-        for name, ok, what in (("epochs", _is_int(r.epochs) and r.epochs >= 1, "an integer >= 1"),
-                               ("batch_size", _is_int(r.batch_size) and r.batch_size >= 1, "an integer >= 1"),
-                               ("optimizer", isinstance(r.optimizer, str) and bool(r.optimizer), "a name"),
+        for name, kind in (("epochs", Int(minimum=1)), ("batch_size", Int(minimum=1)), ("seed", Int(minimum=0))):
+            need(kind.ok(getattr(r, name)), f"teacher_recipe.{name}", kind.what, getattr(r, name))
+        for name, ok, what in (("optimizer", isinstance(r.optimizer, str) and bool(r.optimizer), "a name"),
                                ("lr", _is_number(r.lr) and r.lr > 0, "a finite number > 0"),
-                               ("weight_decay", _is_number(r.weight_decay) and r.weight_decay >= 0, "a finite number >= 0"),
-                               ("seed", _is_int(r.seed) and r.seed >= 0, "an integer >= 0")):
+                               ("weight_decay", _is_number(r.weight_decay) and r.weight_decay >= 0, "a finite number >= 0")):
             need(ok, f"teacher_recipe.{name}", what, getattr(r, name))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def canonical_json(obj: Any) -> str:
@@ -170,66 +162,15 @@ def run_key(canonical: dict[str, Any], code_version: str | None = None) -> str:
     return f"{canonical['method']}{mode}{n}-{canonical['dataset']}-s{canonical['seed']}-{digest}"
 
 
-def parse_value(text: str) -> Any:
-    """`--param` values: JSON-ish scalars (1, 0.5, true, null, "x") else the raw string."""
-    low = text.strip()
-    if low.lower() in ("true", "false"):
-        return low.lower() == "true"
-    if low.lower() in ("none", "null"):
-        return None
-    try:
-        return json.loads(low)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested brackets
-        return low
-
-
-def parse_params(items: list[str] | None, flag: str = "--param") -> dict[str, Any]:
-    """Parse `key=value` pairs (each item may hold several, comma-separated) of option `flag`."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        for part in _split_top_level(item):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise KdbenchError(f"{flag} {part!r} is not of the form key=value")
-            key, value = part.split("=", 1)
-            key = key.strip()
-            if not key.isidentifier():
-                raise KdbenchError(f"{flag} key {key!r} is not a valid name")
-            out[key] = parse_value(value)
-    return out
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that start a new `key=` (so `assistants=plain6,plain4` stays one value)."""
-    parts: list[str] = []
-    for chunk in text.split(","):
-        if parts and "=" not in chunk:
-            parts[-1] += "," + chunk
-        else:
-            parts.append(chunk)
-    return parts
-
-
 def parse_int_list(text: str, name: str, minimum: int = 1) -> list[int]:
-    """Parse `1,2,4,8` strictly: no empty items, integers >= minimum, no duplicates."""
+    """Parse `1,2,4,8` strictly (no empty items, integers >= minimum, no duplicates): the grid-axis
+    parser of kdbench.fields, with errors named `--NAME`."""
     if text is None or not str(text).strip():
         raise KdbenchError(f"--{name} is empty; expected a comma-separated list of integers such as 1,2,4,8")
-    values: list[int] = []
-    for item in str(text).split(","):
-        item = item.strip()
-        if not item:
-            raise KdbenchError(f"--{name} {text!r} has an empty item; expected e.g. 1,2,4,8")
-        try:
-            v = int(item)
-        except ValueError:
-            raise KdbenchError(f"--{name} item {item!r} is not an integer") from None
-        if v < minimum:
-            raise KdbenchError(f"--{name} item {v} must be >= {minimum}")
-        if v in values:
-            raise KdbenchError(f"--{name} lists {v} twice")
-        values.append(v)
-    return values
+    try:
+        return list(axis_values(Field(name, Int(minimum=minimum), ""), str(text)))
+    except ValueError as e:
+        raise KdbenchError(f"--{name} {e}") from None
 
 
 REPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

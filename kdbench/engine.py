@@ -206,6 +206,122 @@ def train(
     return TrainResult(history, best_epoch, best_score, best_state, time.perf_counter() - t_start)
 
 
+def seed_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, gens: Sequence[torch.Generator], drop_last: bool,
+                 transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None) -> Iterator[Batch]:
+    """One epoch of the seeds' batches side by side: x (s, B, ...), y and idx (s, B); seed i's batches
+    come in its own generator's order and get its own augmentation draws, in the same sequence of
+    draws as its run alone (its order, then one transform per batch)."""
+    for parts in zip(*[iterate_batches(x, y, batch_size, g, drop_last) for g in gens]):
+        if transform is not None:
+            for b, g in zip(parts, gens):
+                b.x = transform(b.x, g)
+        yield Batch(torch.stack([b.x for b in parts]), torch.stack([b.y for b in parts]), torch.stack([b.idx for b in parts]))
+
+
+def train_seeds(
+    steps: Sequence[Step],
+    modules: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seeds: Sequence[int],
+    epochs: int,
+    batch_size: int,
+    member_state: Callable[[int], dict[str, Any]],
+    evaluate: Callable[[], list[dict[str, float]]] | None = None,
+    score_key: str = "val_acc",
+    higher_is_better: bool = True,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    on_epoch_end: Sequence[Callable[[dict[str, float]], None] | None] | None = None,
+    desc: str = "train",
+    drop_last: bool = False,
+    progress: bool | None = None,
+    amp: str | None = None,
+) -> list[TrainResult]:
+    """`train` for the runs of several seeds at once (seed fusion, kdbench.seed_fuse): `modules` hold
+    every seed's copies side by side, each step's `loss_fn(batch)` gets the seeds' batches stacked
+    (x (s, B, ...)) and returns per-seed losses of shape (s,), whose sum is minimised; `evaluate()`
+    returns one row per seed and `member_state(i)` seed i's state to keep at its val-best epoch.
+
+    Each seed keeps its own batch order and augmentation draws (its own generator, seeded as its
+    run alone), its own history, val-best epoch and state; the gradient of the summed loss with
+    respect to seed i's copy is the gradient of its own loss, and the optimisers kdbench builds (Adam,
+    AdamW, SGD with momentum / weight decay; no gradient clipping) update every element on its own,
+    so one optimiser over the stacked tensors is one optimiser per seed. Results equal the runs alone
+    up to float reassociation. A non-finite loss of any seed stops the whole group (DivergenceError).
+    `train_time_s` of every result is the group's time. fp16 gradient scaling is not supported (one
+    scaler would skip every seed's step when one overflows)."""
+    if amp == "fp16":
+        raise KdbenchError("seed fusion does not support --amp fp16 (one gradient scaler for all seeds)")
+    s = len(seeds)
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    precision = Precision(amp, x.device.type, 0)
+    hooks = list(on_epoch_end) if on_epoch_end is not None else [None] * s
+    history: list[list[dict[str, float]]] = [[] for _ in range(s)]
+    best_score = [-math.inf if higher_is_better else math.inf] * s
+    best_epoch = [0] * s
+    best_state = [member_state(i) for i in range(s)]
+    show = progress_enabled() if progress is None else progress
+    n_batches = math.ceil(len(y) / batch_size)
+    t_start = time.perf_counter()
+    bar = tqdm(total=epochs * n_batches, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+    try:
+        for epoch in range(1, epochs + 1):
+            for m in modules.values():
+                m.train()
+            t0 = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            count = 0
+            for batch in seed_batches(x, y, batch_size, gens, drop_last, transform):
+                for step in steps:
+                    for _ in range(step.repeat):
+                        with precision.autocast():
+                            losses = step.loss_fn(batch)
+                            total = sum(v.sum() for v in losses.values())
+                        per_seed = torch.stack([v.detach().float() for v in losses.values()]).sum(0)
+                        if not bool(torch.isfinite(per_seed).all()):
+                            bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
+                            i = int((~torch.isfinite(per_seed)).nonzero()[0, 0])
+                            raise DivergenceError(epoch, f"{step.name} (seed {seeds[i]})", bad, float(per_seed[i]))
+                        step.optimizer.zero_grad(set_to_none=True)
+                        total.backward()
+                        step.optimizer.step()
+                    for k, v in losses.items():
+                        key = f"{step.name}/{k}" if len(steps) > 1 else k
+                        sums[key] = sums.get(key, 0.0) + v.detach().double().cpu()
+                count += 1
+                bar.update(1)
+            for sch in schedulers:
+                sch.step()
+            epoch_s = time.perf_counter() - t0
+            rows = [{"epoch": epoch, **{k: float(v[i]) / max(count, 1) for k, v in sums.items()}, "time_s": epoch_s} for i in range(s)]
+            if evaluate is not None:
+                for m in modules.values():
+                    m.eval()
+                with torch.inference_mode():
+                    for row, extra in zip(rows, evaluate()):
+                        row.update(extra)
+            for i, row in enumerate(rows):
+                if evaluate is not None:
+                    score = row[score_key]
+                    better = score > best_score[i] if higher_is_better else score < best_score[i]
+                    if better or epoch == 1:
+                        best_score[i], best_epoch[i], best_state[i] = score, epoch, member_state(i)
+                else:
+                    best_epoch[i], best_state[i] = epoch, member_state(i)
+                history[i].append(row)
+                if hooks[i] is not None:
+                    hooks[i](dict(row))
+            log.info("%s epoch %d/%d (%d seeds fused): %.3g s", desc, epoch, epochs, s, epoch_s)
+    finally:
+        bar.close()
+    for m in modules.values():
+        m.eval()
+    took = time.perf_counter() - t_start
+    return [TrainResult(history[i], best_epoch[i], best_score[i], best_state[i], took) for i in range(s)]
+
+
 @torch.inference_mode()
 def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Outputs of `model` on all of x, in eval mode, batched."""
@@ -229,7 +345,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """Optimisers by name (the recipes in METHODS.md use Adam and SGD with momentum)."""
+    """Optimisers by name (the recipes of docs/methods.md#shared-protocol use Adam and SGD with momentum)."""
     factories = {
         "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
         "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),

@@ -3,12 +3,17 @@
 - `local` (default): in-process when `workers == 1`, else a process pool (forkserver, else spawn:
   never a fork of a process whose torch thread pools started), each worker limited to its share
   of the CPU threads.
-- `ray`: the same jobs as Ray tasks (`--executor ray --address ADDR`, the `ray` extra); workers
-  return records and the driver writes them, so a cluster needs no shared results directory.
+- `ray`: the same jobs as Ray tasks (`--executor ray --address ADDR`, the `ray` extra,
+  kdbench/ray_exec.py); workers return records and the driver writes them, so a cluster needs no
+  shared results directory.
 
 Every run goes through `runner.execute`, so a run that raises becomes a `failed` record and the
 others go on. Teachers and their targets are built once in the parent before fanning out (the
-local pool), or serialised by the cache's file lock (Ray workers on one machine).
+local pool; Ray's driver, which also ships them to the nodes through Ray's object store).
+
+Seed siblings (runs that differ only in their seed, kdbench.seed_fuse) go to one worker of the
+local executor as one group and train fused where `fuse_seeds` (auto by default) decides so; each
+member is claimed, skipped when already written, and recorded on its own, as a run alone is.
 
 A local run holds a lock file of its own (`OUT/.locks/KEY.lock`) while it runs, so concurrent
 sweeps into one results directory split the runs. Pool workers die with the sweep process however
@@ -26,7 +31,7 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import store
 from .config import CODE_VERSION, canonical_json
 from .errors import KdbenchError
-from .registry import IMPORT_ENV, Registry, import_from_env, import_modules, worker_modules
+from .registry import IMPORT_ENV, Registry, import_from_env, worker_modules
 
 try:
     import fcntl
@@ -60,6 +65,8 @@ class Job:
     wait: bool = False  # another process held the run's lock: wait for it instead of skipping
     seen: tuple[int, int] | None = None  # the record file as planned (inode, mtime); changed: another process ran it
     track: Any = None  # tracking.Tracking: trackers that also get the run's epochs and record (none: None)
+    fuse_seeds: str = "auto"  # seed fusion with the run's seed siblings: auto / on / off (kdbench.seed_fuse)
+    seed_fusion: dict[str, Any] | None = None  # the decision for its group, recorded in env.seed_fusion
 
     @property
     def key(self) -> str:
@@ -117,18 +124,101 @@ def _compute(job: Job) -> Finished:
     if job.threads:
         torch.set_num_threads(job.threads)
     t0 = time.perf_counter()
+    env = {"seed_fusion": job.seed_fusion} if job.seed_fusion else None
     try:
         if job.write:
             record = execute(job.resolved.spec, job.out_dir, data_root=job.data_root, progress=job.progress,
-                             latency=job.latency, resolved=job.resolved, track=job.track)
+                             latency=job.latency, resolved=job.resolved, track=job.track, env=env)
         else:
             with tempfile.TemporaryDirectory(prefix="kdbench-run-") as tmp:
                 record = execute(job.resolved.spec, tmp, data_root=job.data_root, progress=job.progress,
-                                 latency=job.latency, resolved=job.resolved, track=job.track)
+                                 latency=job.latency, resolved=job.resolved, track=job.track, env=env)
     finally:
         if job.threads:
             torch.set_num_threads(previous)
     return Finished(job, record, time.perf_counter() - t0)
+
+
+def run_group(jobs: Sequence[Job]) -> list[Finished | None]:
+    """`run_job` for a group of seed siblings (one job: `run_job`): each member is claimed (None when
+    another process holds it), one written since the sweep planned is returned as it is, and the
+    rest train fused (`runner.execute_seeds`), each locked until the group is done."""
+    if len(jobs) == 1:
+        return [run_job(jobs[0])]
+    out: dict[str, Finished | None] = {}
+    with ExitStack() as stack:
+        todo = []
+        for job in jobs:
+            if not job.write:
+                todo.append(job)
+                continue
+            if not stack.enter_context(claim(Path(job.out_dir), job.key, wait=job.wait)):
+                out[job.key] = None
+                continue
+            path = store.record_path(Path(job.out_dir), job.key)
+            record = store.read_record(path) if _file_stamp(path) != job.seen else None
+            if record is not None:  # written since the sweep planned: by the process that held the run
+                out[job.key] = Finished(job, record, 0.0, elsewhere=True)
+            else:
+                todo.append(job)
+        if len(todo) == 1:
+            out[todo[0].key] = _compute(alone(todo[0], "its seed siblings were run by another process"))
+        elif todo:
+            out.update((f.job.key, f) for f in _compute_group(todo))
+    return [out[job.key] for job in jobs]
+
+
+def _compute_group(jobs: list[Job]) -> list[Finished]:
+    import torch
+
+    from .runner import execute_seeds
+
+    first = jobs[0]
+    previous = torch.get_num_threads()
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    t0 = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdbench-run-") as tmp:
+            records = execute_seeds([j.resolved for j in jobs], first.out_dir if first.write else tmp, data_root=first.data_root,
+                                    progress=first.progress, latency=first.latency, track=first.track, note=first.seed_fusion)
+    finally:
+        if first.threads:
+            torch.set_num_threads(previous)
+    wall = time.perf_counter() - t0
+    return [Finished(job, record, wall) for job, record in zip(jobs, records)]
+
+
+def alone(job: Job, why: str) -> Job:
+    """The job run on its own although its group was to train fused (its record says why)."""
+    note = job.seed_fusion
+    if not note or not note.get("fused"):
+        return job
+    return dataclasses.replace(job, seed_fusion={**note, "fused": False, "copies": 1, "reason": f"{why}; ran alone"})
+
+
+def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
+    """The jobs in units for one worker each: seed siblings together where `seed_fuse.decide` fuses
+    them (their decision noted on each job, for its record), every other job alone. Order: each unit
+    where its first job was."""
+    from .seed_fuse import Sizer, decide, sibling_key, supports
+
+    by_key: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        r = job.resolved
+        key = (job.out_dir, job.write, job.fuse_seeds, sibling_key(r)) if supports(r.method) else ("alone", job.key)
+        by_key.setdefault(key, []).append(job)
+    sizer = Sizer(jobs[0].data_root if jobs else None)
+    units: list[list[Job]] = []
+    for members in by_key.values():
+        if len(members) < 2:
+            units.append(members)
+            continue
+        d = decide([j.resolved for j in members], members[0].fuse_seeds, members[0].resolved.canonical["device"], sizer)
+        noted = [dataclasses.replace(j, seed_fusion=d.note()) for j in members]
+        units += [noted] if d.fused else [[j] for j in noted]
+    first = {job.key: i for i, job in enumerate(jobs)}
+    return sorted(units, key=lambda u: first[u[0].key])
 
 
 @contextmanager
@@ -299,14 +389,15 @@ class LocalExecutor(Executor):
 
 
 def _serial_map(jobs: Sequence[Job]) -> Iterator[Finished]:
-    """In this process; runs another process holds come last, waited for."""
+    """In this process, seed siblings fused where decided; runs another process holds come last,
+    waited for (one by one)."""
     later = []
-    for job in jobs:
-        fin = run_job(job)
-        if fin is None:
-            later.append(dataclasses.replace(job, wait=True))
-        else:
-            yield fin
+    for unit in group_jobs(jobs):
+        for job, fin in zip(unit, run_group(unit)):
+            if fin is None:
+                later.append(alone(dataclasses.replace(job, wait=True), "another process held it"))
+            else:
+                yield fin
     for job in later:
         fin = run_job(job)
         assert fin is not None  # a waiting job always gets the lock
@@ -428,18 +519,13 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _pool_run(job: Job) -> Finished | None:
+def _pool_run(unit: list[Job]) -> list[Finished | None]:
     if _STARTED is not None:
-        _STARTED.put(job.key)
+        for job in unit:
+            _STARTED.put(job.key)
     if _IMPORT_ERROR is not None:
         raise KdbenchError(f"in a worker process: {_IMPORT_ERROR}")
-    return run_job(job)
-
-
-def _ray_run(job: Job, modules: Sequence[str]) -> Finished | None:
-    """A Ray task: the driver's plugin modules first (their datasets and models), then the run."""
-    import_modules(modules, f"${IMPORT_ENV} (Ray worker)")
-    return run_job(job)
+    return run_group(unit)
 
 
 @contextmanager
@@ -471,56 +557,59 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def _pool_map(jobs: list[Job], workers: int, threads: int | None) -> Iterator[Finished]:
-    """Process pool. A worker that dies (segfault, OOM kill) breaks the pool: runs that had not
-    started go to a fresh pool; runs that were in flight are retried one at a time in a worker of
-    their own, where a run that kills its worker again is recorded as failed. Runs another process
-    holds go to the back of the queue, waited for."""
+    """Process pool; each worker gets a unit of `group_jobs` (a run, or seed siblings that train
+    fused). A worker that dies (segfault, OOM kill) breaks the pool: runs that had not started go to
+    a fresh pool; runs that were in flight are retried one at a time (unfused) in a worker of their
+    own, where a run that kills its worker again is recorded as failed. Runs another process holds
+    go to the back of the queue, waited for, one by one."""
     ctx = _mp_context()
-    todo, suspects = list(jobs), []
+    units, suspects = group_jobs(jobs), []
     n_gpus = _cuda_count()
-    while todo:
+    while units:
         started = ctx.SimpleQueue()
         lost: list[Job] = []
-        with _pool(ctx, min(workers, len(todo)), threads, started, n_gpus) as pool:
-            pending: dict[Future, Job] = {}
-            for job in todo:
-                _submit(pool, job, pending, lost)
+        with _pool(ctx, min(workers, len(units)), threads, started, n_gpus) as pool:
+            pending: dict[Future, list[Job]] = {}
+            for unit in units:
+                _submit(pool, unit, pending, lost)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    job = pending.pop(fut)
+                    unit = pending.pop(fut)
                     try:
-                        fin = fut.result()
+                        fins = fut.result()
                     except BrokenProcessPool:
-                        lost.append(job)
+                        lost += unit
                         continue
                     except Exception as exc:  # noqa: BLE001 - e.g. the record could not be sent back
-                        fin = Finished(job, _record_failure(job, exc), 0.0)
-                    if fin is None:  # another process is running it
-                        _submit(pool, dataclasses.replace(job, wait=True), pending, lost)
-                    else:
-                        yield fin
+                        fins = [Finished(job, _record_failure(job, exc), 0.0) for job in unit]
+                    for job, fin in zip(unit, fins):
+                        if fin is None:  # another process is running it
+                            _submit(pool, [alone(dataclasses.replace(job, wait=True), "another process held it")], pending, lost)
+                        else:
+                            yield fin
         began = set()
         while not started.empty():
             began.add(started.get())
-        todo = []
+        todo: list[Job] = []
         for job in lost:
             record = store.read_record(store.record_path(Path(job.out_dir), job.key))
             if record is not None and record.get("status") == "ok":  # finished before the pool broke
                 yield Finished(job, record, 0.0)
             elif job.key in began or not began:  # no run started at all: the pool itself is broken
-                suspects.append(job)
+                suspects.append(alone(job, "the worker training its group died"))
             else:
                 todo.append(job)
+        units = group_jobs(todo) if todo else []
     for job in suspects:
         yield _isolated(ctx, job, threads)
 
 
-def _submit(pool: ProcessPoolExecutor, job: Job, pending: dict[Future, Job], lost: list[Job]) -> None:
+def _submit(pool: ProcessPoolExecutor, unit: list[Job], pending: dict[Future, list[Job]], lost: list[Job]) -> None:
     try:
-        pending[pool.submit(_pool_run, job)] = job
+        pending[pool.submit(_pool_run, unit)] = unit
     except BrokenProcessPool:
-        lost.append(job)
+        lost += unit
 
 
 def _isolated(ctx: Any, job: Job, threads: int | None) -> Finished:
@@ -535,60 +624,7 @@ def _isolated(ctx: Any, job: Job, threads: int | None) -> Finished:
     return fin
 
 
-@EXECUTORS.register("ray")
-class RayExecutor(Executor):
-    """Ray tasks, one per run, each reserving `threads` CPUs (default 1) and using that many torch
-    threads; the driver writes the records. Connects to `address`, or to the Ray instance this
-    process already started (`ray.init(...)`), or starts a local one."""
-
-    name = "ray"
-    writes_in_worker = False
-
-    def __init__(self, workers: int = 1, threads: int | None = None, address: str | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise KdbenchError("--executor ray needs Ray: pip install 'kdbench[ray]' (or pip install ray)") from None
-        if threads is not None and threads < 1:
-            raise KdbenchError(f"--threads must be >= 1, got {threads}")
-        self.ray = ray
-        self.threads = threads or 1
-        self._started = False
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, log_to_driver=False, include_dashboard=False)
-            except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise KdbenchError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-            self._started = True
-
-    def threads_per_run(self) -> int | None:
-        return self.threads
-
-    def map(self, jobs: Sequence[Job]) -> Iterator[Finished]:
-        ray = self.ray
-        task = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_run)
-        modules = worker_modules()
-        pending = {task.remote(job, modules): job for job in jobs}
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                job = pending.pop(done[0])
-                try:
-                    fin = ray.get(done[0])  # write=False: never claimed, never None
-                except ray.exceptions.RayError as exc:
-                    what = f"Ray task failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                    fin = Finished(job, failed_record(job, exc, what), 0.0)
-                store.write_record(Path(job.out_dir), fin.record)
-                yield Finished(job, fin.record, fin.wall_s)
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
-
-    def close(self) -> None:
-        if self._started and self.ray.is_initialized():
-            self.ray.shutdown()
+from . import ray_exec  # noqa: E402,F401 - registers the `ray` executor (its code: kdbench/ray_exec.py)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,14 +243,14 @@ def student_predictor(ctx: Any, teacher: Callable[[], nn.Module]) -> tuple[nn.Mo
 def tcn_predictor(ctx: Any, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
     """TCN's: the students of the teacher's dense chunks, concatenated into the teacher's classifier,
     with TCN's own latency variants."""
-    from .methods.tcn import TCNPredictor, _latency_fn, chunk_sizes
+    from .methods.tcn import TCNPredictor, chunk_sizes, latency_fn
     from .models import dense_view
 
     view = dense_view(teacher())
     n = ctx.spec.n_students
     students = [ctx.make_student(out_features=w, n_students=n) for w in chunk_sizes(view.dim, n)]
     predictor = TCNPredictor(students, copy.deepcopy(view.classifier)).to(ctx.device).eval()
-    return predictor, {"latency_fn": _latency_fn(predictor)}
+    return predictor, {"latency_fn": latency_fn(predictor)}
 
 
 # a method whose predictor is not `ctx.make_student()` names its builder here

@@ -1,4 +1,4 @@
-"""Measurements of DESIGN.md §4: parameters, MACs/FLOPs (fvcore), latency, peak memory, environment,
+"""Measurements of docs/design.md §4: parameters, MACs/FLOPs (fvcore), latency, peak memory, environment,
 and the machine's load during a timed phase. Latency is a fixed number of repeats by default, or,
 inside `adaptive_timing` (the quiet pass, kdbench.latency), as many as a StopRule asks."""
 from __future__ import annotations

@@ -46,7 +46,7 @@ class BatchTargets:
     """A frozen teacher's outputs on one training batch, each computed on first use: the batch's rows
     of outputs cached on the clean train split where there are some (`rows`: name -> full-split
     tensor), else the teacher run on the batch itself in inference mode, as for augmented batches
-    (DESIGN.md section 2). The results are plain tensors (usable as loss targets)."""
+    (docs/design.md §2). The results are plain tensors (usable as loss targets)."""
 
     def __init__(self, teacher: nn.Module | None, batch: Batch, rows: Callable[[], dict[str, Any]] | None):
         self._teacher, self._batch, self._rows = teacher, batch, rows

@@ -256,7 +256,8 @@ def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teac
         n = n_students if n_students is not None else spec.n_students
         if arch == "auto":
             model, info = auto_student(data.spec, n, out_features or data.spec.num_classes, spec.budget,
-                                       budget_rule(spec.dataset, data.spec.modality), default_teacher(spec.dataset))
+                                       budget_rule(spec.dataset, data.spec.modality), default_teacher(spec.dataset),
+                                       scale=spec.student_scale)
             if info.get("rule") == RELATIVE and info["deviation"] not in notes:
                 notes.append(info["deviation"])
             return compiled(place(model, device))
@@ -330,15 +331,24 @@ def record_spec(r: Resolved) -> dict[str, Any]:
     return {**r.canonical, "params_changed": params_changed(r.method, r.params)}
 
 
-def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, latency: bool,
-         on_epoch: Callable[[str, dict[str, float]], None] | None) -> dict[str, Any]:
+@dataclass
+class _Prepared:
+    """A run's data and teacher, loaded before its method trains (shared by a seed-fused group)."""
+
+    device: torch.device
+    data: Splits
+    teacher: Teacher | None
+    timings: dict[str, float]
+    load: dict[str, Any]  # the machine's load during each timed phase (env.load; the report flags oversubscription)
+
+
+def _prepare(r: Resolved, data_root: str | Path | None, progress: bool | None) -> _Prepared:
     keep_freed_memory()
     device = resolve_device(r.spec.device)
     timings: dict[str, float] = {}
-    load: dict[str, Any] = {}  # the machine's load during each timed phase (env.load; the report flags oversubscription)
+    load: dict[str, Any] = {}
     data = load_data(r.spec, data_root).to(device)
     teacher = None
-    deviations = list(data.info.get("deviations", []))
     if r.method.needs_teacher:
         t0 = time.perf_counter()
         probe = LoadProbe()
@@ -346,15 +356,29 @@ def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, laten
         load["teacher"] = probe.finish()
         timings["teacher_time_s"] = teacher.info.get("metrics", {}).get("train_time_s", 0.0)
         timings["teacher_load_s"] = time.perf_counter() - t0
-    ctx = build_context(r, data, device, teacher, progress, timings)
+    return _Prepared(device, data, teacher, timings, load)
+
+
+def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, latency: bool,
+         on_epoch: Callable[[str, dict[str, float]], None] | None) -> dict[str, Any]:
+    prep = _prepare(r, data_root, progress)
+    ctx = build_context(r, prep.data, prep.device, prep.teacher, progress, prep.timings)
     ctx.on_epoch = on_epoch
     seed_everything(r.spec.seed)
     method = r.method(r.params)
     t0 = time.perf_counter()
     probe = LoadProbe()
     fit = method.fit(ctx)
-    train_time = time.perf_counter() - t0 - timings.get("targets_time_s", 0.0)
-    load["train"] = probe.finish()
+    train_time = time.perf_counter() - t0 - prep.timings.get("targets_time_s", 0.0)
+    load = {**prep.load, "train": probe.finish()}
+    return _record(r, prep, ctx, fit, train_time, load, latency)
+
+
+def _record(r: Resolved, prep: _Prepared, ctx: Context, fit: FitResult, train_time: float, load: dict[str, Any],
+            latency: bool, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ok record of a trained run: test accuracies, timings, measurements, environment."""
+    device, data, teacher, timings = prep.device, prep.data, prep.teacher, prep.timings
+    deviations = list(data.info.get("deviations", []))
     metrics: dict[str, Any] = evaluate(fit, data)
     metrics["train_time_s"] = train_time
     metrics.update(timings)
@@ -378,8 +402,74 @@ def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, laten
         "data": {k: v for k, v in data.info.items() if k != "deviations"},
         "teacher": {"key": teacher.key, **{k: v for k, v in teacher.info.items() if k != "metrics"}} if teacher else None,
         **({"warnings": warned} if warned else {}),
-        "env": {**environment(device), **speed_settings(r.spec, device), "load": load}, "code_version": CODE_VERSION,
+        "env": {**environment(device), **speed_settings(r.spec, device), "load": load, **(env or {})}, "code_version": CODE_VERSION,
     }
+
+
+def execute_seeds(rs: list[Resolved], out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,
+                  latency: bool = True, track: Tracking | None = None, note: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Train the seed siblings `rs` (equal but for their seed) as one fused computation
+    (kdbench.seed_fuse) and write each one's record as `execute` would. `train_time_s` of every
+    record is the group's; `env.seed_fusion` says it was fused, with how many copies (`note`: the
+    decision). If the fused group fails, nothing of it is written and every seed runs alone (its
+    record says why): a run's record is always what its run alone gives."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    note = {**(note or {}), "fused": True, "copies": len(rs)}
+    try:
+        finishers = _fit_seeds(rs, data_root, progress, latency, track, note)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each seed then runs (and fails, or not) on its own
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        alone = {**note, "fused": False, "copies": 1,
+                 "reason": f"the fused group of {len(rs)} seeds failed ({type(exc).__name__}: {first[:300]}); each seed ran alone"}
+        return [execute(r.spec, out_dir, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track,
+                        env={"seed_fusion": alone}) for r in rs]
+    return [execute(r.spec, out_dir, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track,
+                    compute=finish, started=started) for r, finish in zip(rs, finishers)]
+
+
+def _fit_seeds(rs: list[Resolved], data_root: str | Path | None, progress: bool | None, latency: bool,
+               track: Tracking | None, note: dict[str, Any]) -> list[Callable[[], dict[str, Any]]]:
+    """Train the group; returns per seed the function that evaluates it and builds its record (and
+    replays its epochs to its trackers, so they see what its run alone would show)."""
+    from .seed_fuse import sibling_key
+
+    if len({sibling_key(r) for r in rs}) != 1 or len({r.spec.seed for r in rs}) != len(rs):
+        raise KdbenchError("a seed-fused group must hold runs that differ only in their seed")
+    prep = _prepare(rs[0], data_root, progress)
+    ctxs: list[Context] = []
+    epochs: list[list[tuple[str, dict[str, float]]]] = []
+    for r in rs:
+        ctx = build_context(r, prep.data, prep.device, prep.teacher, progress, prep.timings)
+        if ctxs:  # one cache of teacher targets for the group
+            ctx = dataclasses.replace(ctx, targets=ctxs[0].targets)
+        rows: list[tuple[str, dict[str, float]]] = []
+        ctx.on_epoch = lambda stage, row, rows=rows: rows.append((stage, row))
+        ctxs.append(ctx)
+        epochs.append(rows)
+    method = rs[0].method(rs[0].params)
+    t0 = time.perf_counter()
+    probe = LoadProbe()
+    fits = method.fit_seeds(ctxs)
+    train_time = time.perf_counter() - t0 - prep.timings.get("targets_time_s", 0.0)
+    load = {**prep.load, "train": probe.finish()}
+    if len(fits) != len(rs):
+        raise KdbenchError(f"method '{rs[0].method.name}': fit_seeds returned {len(fits)} results for {len(rs)} seeds")
+    note = {**note, "seeds": [r.spec.seed for r in rs], "group_train_time_s": train_time}
+
+    def finisher(i: int) -> Callable[[], dict[str, Any]]:
+        def finish() -> dict[str, Any]:
+            r = rs[i]
+            with tracking_session(track, r.key, record_spec(r)) as session:
+                for stage, row in epochs[i]:
+                    session.epoch(stage, row)
+                record = _record(r, prep, ctxs[i], fits[i], train_time, dict(load), latency, env={"seed_fusion": note})
+                session.finish(record)
+            return record
+        return finish
+
+    return [finisher(i) for i in range(len(rs))]
 
 
 def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress: bool | None,
@@ -400,12 +490,21 @@ def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress:
 
 
 def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,
-            latency: bool = True, resolved: Resolved | None = None, track: Tracking | None = None) -> dict[str, Any]:
-    """Run and write the record; failures are written as `status: failed` with the error."""
+            latency: bool = True, resolved: Resolved | None = None, track: Tracking | None = None,
+            env: dict[str, Any] | None = None, compute: Callable[[], dict[str, Any]] | None = None,
+            started: str | None = None) -> dict[str, Any]:
+    """Run and write the record; failures are written as `status: failed` with the error. `env`:
+    entries added to the record's env (a seed-fusion decision); `compute`: what makes the record
+    instead of `run` (a member of a seed-fused group, `execute_seeds`), started at `started`."""
     r = resolved or resolve(spec)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = started or datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
-        record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
+        if compute is not None:
+            record = compute()
+        else:
+            record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
+            if env:
+                record["env"] = {**record.get("env", {}), **env}
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
@@ -413,7 +512,7 @@ def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None 
             "run_key": r.key, "status": "failed", "spec": record_spec(r),
             "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20),
                       **({"epoch": exc.epoch} if hasattr(exc, "epoch") else {})},
-            "metrics": {}, "env": environment(), "code_version": CODE_VERSION,
+            "metrics": {}, "env": {**environment(), **(env or {})}, "code_version": CODE_VERSION,
         }
     record["started_at"] = started
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

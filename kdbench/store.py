@@ -17,14 +17,15 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
-from .config import RunSpec, run_key
+from .config import LATE_FIELDS, RunSpec, run_key
 from .errors import KdbenchError
+from .fields import result_columns
 
 SCHEMA_VERSION = 1
 RECORD_SUFFIX = ".json"
 SUMMARY_FILE = "summary.json"  # the gate's baseline summary, kept beside its records: not a record
-# spec fields promoted to DataFrame columns (one row per run)
-SPEC_COLUMNS = ("method", "dataset", "teacher", "student", "budget", "n_students", "mode", "epochs", "max_train", "seed")
+# spec fields promoted to DataFrame columns (one row per run): the field table's `column` fields
+SPEC_COLUMNS = result_columns()
 
 
 def _current_umask() -> int:
@@ -277,7 +278,7 @@ def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
     spec = rec.get("spec", {})
     row: dict[str, Any] = {"run_key": rec["run_key"], "status": rec["status"]}
     for col in SPEC_COLUMNS:
-        row[col] = spec.get(col)
+        row[col] = spec.get(col, LATE_FIELDS.get(col))  # a late field a record leaves out is at its default
     row["variant"] = variant_label(spec)
     row["error"] = (rec.get("error") or {}).get("message") if rec["status"] != "ok" else None
     for name, value in (rec.get("metrics") or {}).items():

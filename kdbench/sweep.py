@@ -1,104 +1,53 @@
-"""Sweeps: a grid (methods x students x modes x seeds, plus fixed run fields) expanded into
-validated RunSpecs with run keys.
+"""Sweeps: a grid (every run field or method parameter given as a list is an axis, and the axes
+are crossed) expanded into validated RunSpecs with run keys.
 
 A sweep is described by layers of fields: a preset shipped with the package or a YAML file, then
 keyword arguments / command-line options on top, field by field. A layer may split into `groups`
 (e.g. TAKD's plain-CNN and ResNet families need different teachers and students); each group
-inherits its layer's fields. The grid follows each method's declaration: a method without modes
-gets mode None, a method that trains one student gets n = 1, so
-`method=[student, kd, tcn], students=[1, 2, 4, 8], mode=[ff, gan]` gives student x seeds,
-kd x seeds and tcn x 4 x 2 x seeds.
+inherits its layer's fields. The fields and how a list of each is written come from the one field
+table (kdbench.fields). The grid follows each method's declaration: a method without modes gets
+mode None, a method that trains one student gets n = 1, a method without a teacher one teacher,
+and a parameter list reaches only the methods that have the parameter, so
+`method=[student, kd, tcn], students=[1, 2, 4, 8], mode=[ff, gan], params={temperature: [1, 4]}`
+gives student x seeds, kd x 2 temperatures x seeds and tcn x 4 x 2 x seeds.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 import math
 import sys
 import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from . import fields as field_table
 from . import store
-from .config import RunSpec, parse_value
+from .config import RunSpec
 from .errors import KdbenchError
+from .fields import ALIASES, SHAPED, Options, Seeds, axis_values, param_values, scalar_value
 from .registry import Registry
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_DATASET = "mnist"
 DEFAULT_SEEDS = 3
 DEFAULT_OUT = "results/runs"
+MAX_RUNS = 10_000  # a larger grid is refused unless asked for (--yes): a list typed wrong multiplies
 
 # ---------------------------------------------------------------------------------------------
-# Fields: one parser each, shared by the CLI, the Python API and YAML files. A parser takes the
-# raw value (a CLI string or a YAML/Python value) and returns the canonical value, or raises
-# ValueError with what is wrong (the caller prefixes where the value came from).
+# Fields: the run fields of the field table (one parser each, shared by the CLI, the Python API and
+# YAML files), plus the fields that describe the sweep itself. A parser takes the raw value (CLI
+# text or a YAML / Python value) and returns the canonical one (a tuple of values for an axis), or
+# raises ValueError with what is wrong (the caller prefixes where the value came from).
 # ---------------------------------------------------------------------------------------------
 FieldParser = Callable[[Any], Any]
 FIELDS: Registry[FieldParser] = Registry("sweep field")
-ALIASES = {"methods": "method", "modes": "mode", "n_students": "students"}
-GRID_FIELDS = ("method", "students", "mode", "seeds")
-# fields copied onto every RunSpec as they are
-RUN_FIELDS = ("dataset", "teacher", "student", "budget", "epochs", "batch_size", "lr", "val_fraction", "split_seed",
-              "max_train", "device", "augment", "teacher_normalize", "amp", "compile", "data_options")
-# describe the sweep, not its runs
-META_FIELDS = ("name", "description", "requires", "out", "meta")
-
-
-def _items(value: Any) -> list[Any]:
-    """A comma-separated string or a YAML / Python list as a list of items (strings stripped)."""
-    if isinstance(value, str):
-        items: list[Any] = [v.strip() for v in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = [v.strip() if isinstance(v, str) else v for v in value]
-    else:
-        items = [value]
-    if not items or any(v == "" or v is None for v in items):
-        raise ValueError(f"{value!r} has an empty item; expected a comma-separated list")
-    return items
-
-
-def _int(value: Any, minimum: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an integer")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ValueError(f"'{value}' is not an integer") from None
-    if not isinstance(value, int):
-        raise ValueError(f"{value!r} is not an integer")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{value} must be >= {minimum}")
-    return value
-
-
-def _int_list(value: Any, minimum: int) -> tuple[int, ...]:
-    out: list[int] = []
-    for item in _items(value):
-        try:
-            v = _int(item, minimum)
-        except ValueError as e:
-            raise ValueError(f"item {e}") from None
-        if v in out:
-            raise ValueError(f"lists {v} twice")
-        out.append(v)
-    return tuple(out)
-
-
-def _name_list(value: Any) -> tuple[str, ...]:
-    out: list[str] = []
-    for item in _items(value):
-        if not isinstance(item, str):
-            raise ValueError(f"item {item!r} is not a name")
-        if item in out:
-            raise ValueError(f"lists '{item}' twice")
-        out.append(item)
-    return tuple(out)
+META_FIELDS = ("name", "description", "requires", "out", "meta")  # describe the sweep, not its runs
 
 
 def _text(value: Any) -> str:
@@ -107,134 +56,27 @@ def _text(value: Any) -> str:
     return value.strip()
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"{value!r} is not true or false")
-
-
-def _number(value: Any, positive: bool = False) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    try:
-        v = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{str(value)[:40]!r} is not a number") from None
-    if not math.isfinite(v) or (positive and v <= 0):
-        raise ValueError(f"{value!r} must be a positive number" if positive else f"{value!r} is not finite")
-    return v
-
-
-MAX_SEEDS = 1000
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    """`3` means seeds 0, 1, 2; a list (`0,5,7`, or [5] in YAML) is explicit."""
-    if isinstance(value, (list, tuple)) or (isinstance(value, str) and "," in value):
-        return _int_list(value, minimum=0)
-    n = _int(value, minimum=1)
-    if n > MAX_SEEDS:
-        raise ValueError(f"{n} seeds is more than the {MAX_SEEDS} a sweep allows; list them explicitly if you mean it")
-    return tuple(range(n))
-
-
-def _param_key(key: Any) -> str:
-    """`name` (every method that declares it) or `method.name` (that method only)."""
-    parts = key.split(".") if isinstance(key, str) else []
-    if not parts or len(parts) > 2 or not parts[-1].isidentifier() or not parts[0]:
-        raise ValueError(f"key {key!r} is not a parameter name (NAME or METHOD.NAME)")
-    return key
-
-
-def _params(value: Any) -> dict[str, Any]:
-    """A mapping (`{temperature: 2}`, `{takd: {assistants: [plain4]}}`) or `key=value[,key=value]` text
-    (`takd.assistants=plain4` targets one method)."""
-    out: dict[str, Any] = {}
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if isinstance(v, Mapping):  # per-method block
-                for sub, sv in v.items():
-                    out[_param_key(f"{k}.{sub}")] = sv
-            else:
-                out[_param_key(k)] = v
-        return out
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-        raise ValueError(f"{value!r} is neither a mapping nor key=value text")
-    for item in items:
-        parts: list[str] = []
-        for chunk in item.split(","):  # a chunk without '=' continues the previous value (lists)
-            if parts and "=" not in chunk:
-                parts[-1] += "," + chunk
-            else:
-                parts.append(chunk)
-        for part in parts:
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise ValueError(f"'{part}' is not of the form key=value")
-            key, text = part.split("=", 1)
-            out[_param_key(key.strip())] = parse_value(text)
-    return out
-
-
-def _data_options(value: Any) -> dict[str, Any]:
-    """A mapping (`{maxlen: 200}`) or `key=value[,key=value]` text: the dataset validates the names."""
-    from .config import parse_params
-
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) and k.isidentifier() for k in value):
-            raise ValueError(f"{dict(value)!r} has a key that is not an option name")
-        return dict(value)
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-        raise ValueError(f"{value!r} is neither a mapping nor key=value text")
-    try:
-        return parse_params(list(items), "--data-option")
-    except KdbenchError as e:
-        raise ValueError(str(e)) from None
-
-
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{value!r} is not a mapping")
     return dict(value)
 
 
+def field_parser(f: field_table.Field) -> FieldParser:
+    """How a sweep reads field `f`: an axis as a tuple of values, any other field as one value."""
+    if isinstance(f.kind, (Options, Seeds)):
+        return f.kind.convert
+    if f.axis:
+        return lambda v: axis_values(f, v)
+    return lambda v: scalar_value(f, v)
+
+
 def _register_fields() -> None:
-    text = _text
-    for name, parser in {
-        "method": _name_list,
-        "students": lambda v: _int_list(v, minimum=1),
-        "mode": _name_list,
-        "seeds": _seeds,
-        "dataset": text,
-        "teacher": text,
-        "teacher_epochs": lambda v: _int(v, minimum=1),
-        "student": text,
-        "budget": text,  # the model zoo validates the family (runner.resolve)
-        "epochs": lambda v: _int(v, minimum=1),
-        "batch_size": lambda v: _int(v, minimum=1),
-        "lr": lambda v: _number(v, positive=True),
-        "val_fraction": _number,
-        "split_seed": lambda v: _int(v, minimum=0),
-        "max_train": lambda v: _int(v, minimum=1),
-        "device": text,
-        "augment": text,  # validated by runner.resolve (kdbench.augment)
-        "teacher_normalize": text,  # validated by runner.resolve (models.protocol.parse_normalize)
-        "amp": text,  # validated by config.check_fields and runner.check_speed_options
-        "compile": _flag,
-        "params": _params,
-        "data_options": _data_options,  # validated by runner.resolve (the dataset's options)
-        "name": text,
-        "description": text,
-        "requires": text,
-        "out": text,
-        "meta": _mapping,
-    }.items():
-        FIELDS.add(name, parser)
+    for f in field_table.FIELDS:
+        if "sweep" in f.commands:
+            FIELDS.add(f.name, field_parser(f))
+    for name in META_FIELDS:
+        FIELDS.add(name, _mapping if name == "meta" else _text)
 
 
 _register_fields()
@@ -273,20 +115,28 @@ def parse_layer(raw: Mapping[str, Any], where: str = "", level: str = "top") -> 
     return out
 
 
+def _explicit(students: Sequence[str] | None) -> list[str]:
+    """The named (not `auto`) students of a student axis."""
+    return [s for s in students or () if s != "auto"]
+
+
 def _check_contradictions(layer: Mapping[str, Any], where: str) -> None:
-    if layer.get("student") not in (None, "auto") and "budget" in layer:
-        raise KdbenchError(f"{where}student '{layer['student']}' and budget '{layer['budget']}' contradict: "
-                           "an explicit student has no budget family (give one of them)")
+    explicit = _explicit(layer.get("student"))
+    for sizing in ("budget", "student_scale"):
+        if explicit and sizing in layer:
+            raise KdbenchError(f"{where}student '{explicit[0]}' and {sizing} '{layer[sizing][0]}' contradict: "
+                               f"an explicit student has no budget family to size (give one of them)")
 
 
 def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """`top` over `base`, field by field; params merge key by key; setting student or budget drops the other."""
+    """`top` over `base`, field by field; params merge key by key; naming a student drops the
+    budget and its scale below, and setting either drops a named student."""
     out = dict(base)
-    if "student" in top and top["student"] != "auto":
+    if _explicit(top.get("student")):
         out.pop("budget", None)
-    if "budget" in top:
-        if out.get("student") not in (None, "auto"):
-            out.pop("student", None)
+        out.pop("student_scale", None)
+    if ("budget" in top or "student_scale" in top) and _explicit(out.get("student")):
+        out.pop("student", None)
     for k, v in top.items():
         if k == "groups":
             continue
@@ -378,41 +228,121 @@ class SweepSpec:
         return cls(groups=tuple(groups), name=meta.get("name"), description=meta.get("description"),
                    requires=meta.get("requires"), out=meta.get("out"), source=source, meta=meta.get("meta", {}))
 
-    def expand(self) -> list[RunSpec]:
-        """Every RunSpec of the grid, in order (group, method, mode, n, seed); unknown methods fail here."""
-        specs: list[RunSpec] = []
-        for i, group in enumerate(self.groups):
+    def size(self) -> int:
+        """How many runs the grid expands to (before equal specs are merged), without building them."""
+        return sum(_count(g) for g in self._grids())
+
+    def expand(self, limit: int | None = MAX_RUNS) -> list[RunSpec]:
+        """Every RunSpec of the grid, in order (group, method, field axes, mode, n, parameters, seed);
+        unknown methods fail here, and so does a grid of more than `limit` runs (None: no limit)."""
+        grids = self._grids()
+        n = sum(_count(g) for g in grids)
+        if limit is not None and n > limit:
+            raise KdbenchError(f"the grid has {n:,} runs, more than the {limit:,} a sweep runs without --yes "
+                               "(yes=True in Python); check its lists")
+        return [spec for group, g in zip(self.groups, grids) for cls, axes in g for spec in build_specs(group, cls, axes)]
+
+    def _grids(self) -> list[list[tuple[Any, list[Axis]]]]:
+        return [method_grids(group, f"group {i + 1}: " if len(self.groups) > 1 else "")
+                for i, group in enumerate(self.groups)]
+
+    def grid_lines(self) -> list[str]:
+        """The grid, one line per group: each axis with its values, and the number of runs."""
+        lines = []
+        for i, grids in enumerate(self._grids()):
+            axes: dict[str, list[Any]] = {"method": [cls.name for cls, _ in grids]}
+            for _, method_axes in grids:
+                for label, values in method_axes:
+                    seen = axes.setdefault(label, [])
+                    seen += [v for v in values if v not in seen and v is not None]  # None: a method without modes
+            axes["seeds"] = axes.pop("seeds")  # the innermost axis, last
+            n = _count(grids)
+            shown = [f"{label} [{', '.join(_show(v) for v in values)}]" for label, values in axes.items()
+                     if len(values) > 1 or label == "method"]
             where = f"group {i + 1}: " if len(self.groups) > 1 else ""
-            specs += expand_group(group, where)
-        return specs
+            rule = " (each method crosses the axes it takes)" if len(grids) > 1 else ""
+            lines.append(f"grid {where}{' x '.join(shown)} -> {n} runs{rule}")
+        return lines
 
 
-def expand_group(group: Mapping[str, Any], where: str = "") -> list[RunSpec]:
+def _count(grids: Sequence[tuple[Any, Sequence[Axis]]]) -> int:
+    """The runs of one group: per method, the product of its axes' lengths."""
+    return sum(math.prod(len(values) for _, values in axes) for _, axes in grids)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_show, value)) + "]"
+    return str(value)
+
+
+Axis = tuple[str, tuple[Any, ...]]  # (a field name or `param NAME`, its values)
+
+
+def method_grids(group: Mapping[str, Any], where: str = "") -> list[tuple[Any, list[Axis]]]:
+    """Per method of a group, the axes it crosses, in order: the field axes of the table, its modes,
+    its numbers of students, its parameters, the seeds."""
     from .method import get_method
-    from .teachers import default_recipe
 
     methods = group.get("method")
     if not methods:
         raise KdbenchError(f"{where}no method given (--method NAME[,NAME...] or 'method:' in the config)")
-    dataset = group.get("dataset", DEFAULT_DATASET)
-    seeds = group.get("seeds", tuple(range(DEFAULT_SEEDS)))
-    students = group.get("students", (1,))
-    modes_asked = group.get("mode")
-    fixed: dict[str, Any] = {k: group[k] for k in RUN_FIELDS if k in group}
-    fixed["dataset"] = dataset
     params = dict(group.get("params", {}))
     check_params(params, methods, where)
-    if "teacher_epochs" in group:
-        fixed["teacher_recipe"] = dataclasses.replace(default_recipe(dataset), epochs=group["teacher_epochs"])
-    specs = []
+    out = []
     for name in methods:
         cls = get_method(name)
-        for mode in modes_for(cls, modes_asked, where):
-            for n in (students if cls.multi_student else (1,)):
-                for seed in seeds:
-                    specs.append(RunSpec(method=name, n_students=n, mode=mode, seed=seed,
-                                         params=params_for(cls, params, methods), **fixed))
-    return specs
+        axes: list[Axis] = [("dataset", group.get("dataset", (DEFAULT_DATASET,)))]
+        for f in field_table.FIELDS:
+            if f.axis and f.name in group and f.name not in (*SHAPED, "dataset", "params"):
+                values = group[f.name]
+                axes.append((f.name, values if cls.needs_teacher or not f.teacher else values[:1]))
+        axes.append(("mode", modes_for(cls, group.get("mode"), where)))
+        axes.append(("students", group.get("students", (1,)) if cls.multi_student else (1,)))
+        for key, raw in params_for(cls, params, methods).items():
+            try:
+                values = param_values(raw, _listy(cls, key), key)
+            except KdbenchError as e:
+                raise KdbenchError(f"{where}{e}") from None
+            axes.append((f"param {key}", tuple(values)))
+        axes.append(("seeds", group.get("seeds", tuple(range(DEFAULT_SEEDS)))))
+        out.append((cls, axes))
+    return out
+
+
+def build_specs(group: Mapping[str, Any], cls: Any, axes: Sequence[Axis]) -> Iterable[RunSpec]:
+    """The RunSpecs of one method's axes crossed (the last axis varies fastest)."""
+    from .teachers import default_recipe
+
+    fixed = {f.target: group[f.name] for f in field_table.FIELDS if not f.axis and f.name in group and f.target}
+    labels = [label for label, _ in axes]
+    for combo in itertools.product(*(values for _, values in axes)):
+        kw: dict[str, Any] = dict(fixed)
+        params: dict[str, Any] = {}
+        teacher_epochs = None
+        for label, value in zip(labels, combo):
+            if label.startswith("param "):
+                params[label[6:]] = copy.deepcopy(value)  # a list value: each run its own
+            elif label == "teacher_epochs":
+                teacher_epochs = value
+            else:
+                kw[field_table.BY_NAME[label].target] = value
+        if teacher_epochs is not None:
+            kw["teacher_recipe"] = dataclasses.replace(default_recipe(kw["dataset"]), epochs=teacher_epochs)
+        yield RunSpec(method=cls.name, params=params, **kw)
+
+
+def _listy(cls: Any, key: str) -> bool:
+    """Whether method parameter `key` takes a list (a list of its values is then one value)."""
+    from .method import param_fields
+
+    if key not in {f.name for f in param_fields(cls)}:
+        return False
+    hint = typing.get_type_hints(cls.Params)[key]
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(o) in (list, tuple) or o in (list, tuple) for o in options)
 
 
 def modes_for(cls: Any, asked: Sequence[str] | None, where: str = "") -> tuple[str | None, ...]:
@@ -478,6 +408,7 @@ PLAN_STATES = {"done": "done", "failed": "failed before, will rerun", "invalid":
 class PlannedRun:
     resolved: Any  # runner.Resolved
     status: str  # a key of PLAN_STATES
+    asked: RunSpec | None = None  # the spec as the grid gave it, before defaults were filled in
 
     @property
     def key(self) -> str:
@@ -500,6 +431,10 @@ def run_label(spec: RunSpec) -> str:
 
 def resolve_all(specs: Iterable[RunSpec]) -> list[Any]:
     """Validate every spec before anything runs (the first bad one is one clear line); duplicates dropped."""
+    return [r for r, _ in _resolve_pairs(specs)]
+
+
+def _resolve_pairs(specs: Iterable[RunSpec]) -> list[tuple[Any, RunSpec]]:
     from .runner import resolve
 
     out, seen = [], set()
@@ -510,32 +445,58 @@ def resolve_all(specs: Iterable[RunSpec]) -> list[Any]:
             raise KdbenchError(f"run '{run_label(spec)}': {e}") from None
         if r.key not in seen:
             seen.add(r.key)
-            out.append(r)
+            out.append((r, spec))
     return out
 
 
-def plan(spec: SweepSpec, out_dir: str | Path) -> list[PlannedRun]:
-    """The sweep's runs, validated, each with its state in `out_dir` (nothing is written)."""
-    runs = resolve_all(spec.expand())
+def plan(spec: SweepSpec, out_dir: str | Path, limit: int | None = MAX_RUNS) -> list[PlannedRun]:
+    """The sweep's runs, validated, each with its state in `out_dir` (nothing is written); a grid of
+    more than `limit` runs is refused (None: no limit)."""
+    runs = _resolve_pairs(spec.expand(limit))
     out = Path(out_dir)
     planned = []
-    for r in runs:
+    for r, asked in runs:
         path = store.record_path(out, r.key)
         rec = store.load_record(path) if path.is_file() else None
         if isinstance(rec, store.Invalid):
             status = "invalid"
         else:
             status = "todo" if rec is None else ("done" if rec.get("status") == "ok" else "failed")
-        planned.append(PlannedRun(r, status))
+        planned.append(PlannedRun(r, status, asked))
     return planned
 
 
+PLAN_COLUMNS = ("method", "mode", "students", "student", "dataset", "seed", "epochs")  # always shown
+
+
 def plan_table(planned: Sequence[PlannedRun]) -> pd.DataFrame:
+    """One row per planned run: its key, the fields the dry run always shows, every other field axis
+    and method parameter whose value varies in this plan, and its state."""
     rows = [{"run_key": p.key, "method": p.spec.method, "mode": p.spec.mode or "", "n": p.spec.n_students,
-             "student": p.spec.student, "dataset": p.spec.dataset, "seed": p.spec.seed, "epochs": p.spec.epochs,
-             "state": PLAN_STATES[p.status]}
+             "student": p.spec.student, "dataset": p.spec.dataset, "seed": p.spec.seed, "epochs": p.spec.epochs}
             for p in planned]
+    asked = [p.asked or p.spec for p in planned]
+    for f in field_table.FIELDS:
+        if f.axis and f.target and f.name not in (*PLAN_COLUMNS, "seeds", "params"):
+            # a method without a teacher has none to show
+            values = [None if f.teacher and not p.resolved.method.needs_teacher else _asked_value(a, f.name)
+                      for p, a in zip(planned, asked)]
+            if len({repr(v) for v in values if v is not None or not f.teacher}) > 1:
+                for row, v in zip(rows, values):
+                    row[f.name] = _show(v) if v is not None else ""
+    varying = [k for k in dict.fromkeys(k for a in asked for k in a.params)
+               if len({repr(a.params[k]) for a in asked if k in a.params}) > 1]
+    for row, a, p in zip(rows, asked, planned):
+        if varying:
+            row["params"] = ",".join(f"{k}={_show(a.params[k])}" for k in varying if k in a.params)
+        row["state"] = PLAN_STATES[p.status]
     return pd.DataFrame(rows)
+
+
+def _asked_value(spec: RunSpec, name: str) -> Any:
+    if name == "teacher_epochs":
+        return spec.teacher_recipe.epochs if spec.teacher_recipe is not None else None
+    return getattr(spec, field_table.BY_NAME[name].target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,6 +518,10 @@ def summary_table(records: Sequence[Mapping[str, Any]], metric: str = "test_acc_
         if extra in df.columns and df[extra][~df[extra].isin(["none", None])].astype(str).nunique() > 1:
             by.append(extra)
     df["mode"] = df["mode"].fillna("")
+    for extra in (c for c in store.SPEC_COLUMNS if c not in (*by, "seed")):
+        # the other columns join it when they vary inside one (method, mode, n) cell: a grid axis
+        if df.groupby(["method", "mode", "n_students"], sort=False)[extra].nunique(dropna=False).max() > 1:
+            by.append(extra)
     out = []
     for key, g in df.groupby(by, sort=False, dropna=False):
         ok = g[g["status"] == "ok"]

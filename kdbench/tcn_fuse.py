@@ -1,4 +1,4 @@
-"""Fused training and inference of identical modules (DESIGN.md §6, issue 8).
+"""Fused training and inference of identical modules (docs/design.md §6, issue 8).
 
 `Stacked` holds k copies of one architecture with every parameter and buffer stacked on a leading
 axis and evaluates them as ONE batched computation (`torch.func.functional_call` under `vmap`).
@@ -12,6 +12,10 @@ another; `stack()` picks `Grouped` whenever the architecture allows it.
 size 1), so a method writes its losses once and runs them either fused or one module at a time.
 Adam keeps its state per parameter element, so training the stack equals training the copies one
 after another up to float reassociation, provided the loss is the SUM of the per-copy losses.
+
+Inputs: every copy sees the same x (B, ...), or (`batched_input`) copy i sees x[i // share] of
+x (k / share, B, ...): `share` consecutive copies read one input (seed fusion of TCN: the n students
+of one seed read that seed's batch; `kdbench.seed_fuse`).
 """
 from __future__ import annotations
 
@@ -89,17 +93,22 @@ class Single(nn.Module):
 class Stacked(nn.Module):
     """k modules of one architecture as one batched computation (see module doc).
 
-    `batched_input=False`: every copy sees the same input x; True: copy i sees x[i]."""
+    `batched_input=False`: every copy sees the same input x; True: copy i sees x[i // share]
+    (x has k / share entries on its leading axis)."""
 
-    def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False):
+    def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False, share: int = 1):
         super().__init__()
         modules = list(modules)
         if not modules:
             raise ValueError("Stacked needs at least one module")
         if len({structure_key(m) for m in modules}) != 1:
             raise ValueError("Stacked needs modules of one architecture")
+        if share < 1 or len(modules) % share or (share > 1 and not batched_input):
+            raise ValueError(f"share={share} needs batched inputs and must divide the {len(modules)} copies")
         self.k = len(modules)
         self.batched_input = batched_input
+        self.share = share
+        self.inputs = self.k // share if batched_input else 1  # distinct inputs per call
         first = modules[0]
         self._pnames = [n for n, _ in first.named_parameters()]
         self._bnames = [n for n, _ in first.named_buffers()]
@@ -123,6 +132,8 @@ class Stacked(nn.Module):
             return functional_call(base, (p, b), (xi,))
 
         in_x = 0 if self.batched_input else None
+        if self.share > 1:  # copy i reads input i // share
+            x = x.repeat_interleave(self.share, dim=0)
         return vmap(one, in_dims=(0, 0, in_x), randomness="different")(params, buffers, x)
 
     def member_tensors(self, i: int) -> dict[str, Tensor]:
@@ -137,8 +148,9 @@ class Stacked(nn.Module):
 _ELEMENTWISE = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Dropout)
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
 _CONVS = (nn.Conv1d, nn.Conv2d)
-# layouts of the activation between layers: "shared" (B, ...) one tensor every copy sees; "grouped"
-# (B, k*C, *spatial) copy i owns channels [i*C, (i+1)*C); "stacked" (k, B, F)
+# layouts of the activation between layers: "shared" (B, g*C, ...) g inputs side by side, input j
+# read by the copies [j*k/g, (j+1)*k/g) (g = 1: one tensor every copy sees; per-copy inputs arrive
+# in this layout too); "grouped" (B, k*C, *spatial) copy i owns channels [i*C, (i+1)*C); "stacked" (k, B, F)
 
 
 def _chain(module: nn.Module) -> list[nn.Module] | None:
@@ -158,9 +170,10 @@ def _chain(module: nn.Module) -> list[nn.Module] | None:
     return out
 
 
-def _next_layout(layer: nn.Module, layout: str) -> str | None:
-    """The layout after `layer`, or None when the grouped form cannot run it."""
-    if isinstance(layer, nn.Dropout) and layout == "shared":
+def _next_layout(layer: nn.Module, layout: str, own_inputs: bool = False) -> str | None:
+    """The layout after `layer`, or None when the grouped form cannot run it (`own_inputs`: every
+    copy has an input of its own, so a "shared" activation is not shared between copies)."""
+    if isinstance(layer, nn.Dropout) and layout == "shared" and not own_inputs:
         return None  # one mask for every copy; each copy alone would draw its own
     if isinstance(layer, _ELEMENTWISE):
         return layout
@@ -177,16 +190,18 @@ def _next_layout(layer: nn.Module, layout: str) -> str | None:
     return None
 
 
-def grouped_plan(module: nn.Module, batched_input: bool = False) -> list[tuple[nn.Module, str]] | None:
+def grouped_plan(module: nn.Module, batched_input: bool = False, share: int = 1) -> list[tuple[nn.Module, str]] | None:
     """The layers `Grouped` would run for copies of `module`, each with the layout of its input
-    (the last layer's output layout follows from it), or None if it cannot."""
+    (the last layer's output layout follows from it), or None if it cannot. Batched inputs enter
+    in the "shared" layout, side by side along the channels."""
     chain = _chain(module)
     if chain is None or any(list(m.buffers()) for m in chain):
         return None
-    plan, layout = [], "stacked" if batched_input else "shared"
+    own = batched_input and share == 1
+    plan, layout = [], "shared"
     for layer in chain:
         plan.append((layer, layout))
-        out = _next_layout(layer, layout)
+        out = _next_layout(layer, layout, own)
         if out is None:
             return None
         layout = out
@@ -197,24 +212,26 @@ class Grouped(Stacked):
     """`Stacked` evaluated as grouped layers (see module doc); same parameters, names and results
     up to float reassociation. Build it with `stack()`, which falls back to vmap when it cannot."""
 
-    def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False):
-        super().__init__(modules, batched_input)
+    def __init__(self, modules: Sequence[nn.Module], batched_input: bool = False, share: int = 1):
+        super().__init__(modules, batched_input, share)
         base: nn.Module = self._base  # type: ignore[assignment]  # the stateless skeleton, on meta
-        plan = grouped_plan(base, batched_input)
+        plan = grouped_plan(base, batched_input, share)
         if plan is None:
             raise ValueError(f"{type(base).__name__} is not a plain conv/dense chain; use Stacked")
         names = {id(m): n for n, m in base.named_modules()}
         # (layer: its hyper-parameters, its name: where its stacked tensors are, its input layout)
         self._layers = [(layer, names[id(layer)], layout) for layer, layout in plan]
-        self._out_layout = _next_layout(*plan[-1])
+        self._out_layout = _next_layout(*plan[-1], batched_input and share == 1)
         # follow the copies' memory format: channels-last convolutions are much faster on CPU
         self.channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
                                  for p in list(modules)[0].parameters())
 
     def forward(self, x: Tensor, *, frozen: bool = False, bn_train: bool | None = None) -> Tensor:
         training = self.training if bn_train is None else bn_train
-        k = self.k
-        if self.channels_last and x.dim() == 4 and x.shape[1] == 1 and x.is_contiguous():
+        k, g = self.k, self.inputs
+        if self.batched_input:
+            x = self._side_by_side(x)
+        elif self.channels_last and x.dim() == 4 and x.shape[1] == 1 and x.is_contiguous():
             # one channel: the same memory read as channels-last, so the first convolution's output
             # is channels-last too instead of switching layouts between the first and second conv
             x = x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
@@ -231,11 +248,16 @@ class Grouped(Stacked):
                     weight = weight.contiguous(memory_format=torch.channels_last)
                 conv = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv1d
                 h = conv(h, weight, b.reshape(-1) if b is not None else None, layer.stride, layer.padding, layer.dilation,
-                         1 if layout == "shared" else k)
+                         g if layout == "shared" else k)
             elif isinstance(layer, nn.Linear):
-                if layout == "shared":  # one matmul against all copies' weights, then split
+                if layout == "shared" and g == 1:  # one matmul against all copies' weights, then split
                     h = F.linear(h, w.reshape(-1, w.shape[-1]), b.reshape(-1) if b is not None else None)
                     h = h.view(h.shape[0], k, -1).transpose(0, 1)
+                elif layout == "shared":  # input j against the weights of the copies that read it
+                    hj = h.reshape(h.shape[0], g, -1).transpose(0, 1)  # (g, B, F)
+                    wj = w.reshape(g, -1, w.shape[-1])  # (g, share * out, F)
+                    h = torch.bmm(hj, wj.transpose(1, 2)) if b is None else torch.baddbmm(b.reshape(g, 1, -1), hj, wj.transpose(1, 2))
+                    h = h.view(g, h.shape[1], self.share, -1).transpose(1, 2).reshape(k, h.shape[1], -1)
                 elif b is not None:
                     h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
                 else:
@@ -250,13 +272,23 @@ class Grouped(Stacked):
             h = h.reshape(h.shape[0], k, -1, *h.shape[2:]).transpose(0, 1)
         return h
 
+    def _side_by_side(self, x: Tensor) -> Tensor:
+        """Per-copy inputs (g, B, C, ...) as one (B, g*C, ...) tensor, input j in channels
+        [j*C, (j+1)*C) (channels-last where the copies' convolutions are)."""
+        g, b = x.shape[0], x.shape[1]
+        if x.dim() == 5 and self.channels_last:  # (g, B, C, H, W) -> memory (B, H, W, g, C)
+            h = x.permute(1, 3, 4, 0, 2).reshape(b, x.shape[3], x.shape[4], g * x.shape[2])
+            return h.permute(0, 3, 1, 2)
+        return x.transpose(0, 1).reshape(b, g * x.shape[2], *x.shape[3:]) if x.dim() > 2 else x.transpose(0, 1).reshape(b, -1)
 
-def stack(modules: Sequence[nn.Module], batched_input: bool = False) -> Stacked:
-    """k identical modules as one computation: `Grouped` when their architecture allows, else vmap."""
+
+def stack(modules: Sequence[nn.Module], batched_input: bool = False, share: int = 1) -> Stacked:
+    """k identical modules as one computation: `Grouped` when their architecture allows, else vmap
+    (`share`: consecutive copies that read one input of a batched x, see `Stacked`)."""
     modules = list(modules)
-    if modules and grouped_plan(modules[0], batched_input) is not None:
-        return Grouped(modules, batched_input)
-    return Stacked(modules, batched_input)
+    if modules and grouped_plan(modules[0], batched_input, share) is not None:
+        return Grouped(modules, batched_input, share)
+    return Stacked(modules, batched_input, share)
 
 
 class FusedConcat(nn.Module):

@@ -29,7 +29,7 @@ from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, 
 from .errors import KdbenchError
 from .method import Targets
 
-# The paper teacher of each dataset family (METHODS.md) and the recipe that trains it here.
+# The paper teacher of each dataset family (docs/methods.md#tcn-teachers) and the recipe that trains it here.
 DEFAULT_TEACHERS = {
     "mnist": "paper-mnist-teacher",
     "fashion-mnist": "paper-mnist-teacher",

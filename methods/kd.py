@@ -4,13 +4,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import torch
 from torch.nn import functional as F
 
+from kdbench import seed_fuse
 from kdbench.config import RunSpec
 from kdbench.losses import kd_loss
 from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 
-from .student import default_schedule, fit_with_loss
+from .student import cross_entropy_per_copy, default_schedule, fit_seeds_with_loss, fit_with_loss
+
+
+def kd_loss_per_copy(z: torch.Tensor, t: torch.Tensor, temperature: float, reduction: str) -> torch.Tensor:
+    """`kd_loss` of each copy: (s, B, K) student and teacher logits -> (s,)."""
+    kl = F.kl_div(F.log_softmax(z / temperature, dim=-1), F.softmax(t / temperature, dim=-1), reduction="none")
+    per = kl.sum((1, 2)) / z.shape[1] if reduction == "batchmean" else kl.mean((1, 2))
+    return per * temperature**2
 
 
 @register_method
@@ -38,3 +47,18 @@ class KD(Method):
                     "kd": p.alpha * kd_loss(z, ctx.teacher_outputs(b).logits, p.temperature, p.reduction)}
 
         return fit_with_loss(ctx, model, loss, self.name)
+
+    def fit_seeds(self, ctxs: list[Context]) -> list[FitResult]:
+        """The runs of several seeds at once (kdbench.seed_fuse), each equal to its `fit`."""
+        p = self.params
+        models = seed_fuse.seeded(ctxs, lambda c: c.make_student())
+
+        def loss(z, b):
+            t = seed_fuse.teacher_outputs(ctxs[0], b).logits
+            return {"ce": (1 - p.alpha) * cross_entropy_per_copy(z, b.y),
+                    "kd": p.alpha * kd_loss_per_copy(z, t, p.temperature, p.reduction)}
+
+        return fit_seeds_with_loss(ctxs, models, loss, self.name)
+
+    def seed_fusion_unit(self, ctx: Context):
+        return ctx.make_student()

@@ -1,7 +1,7 @@
 """`kdgan`: KDGAN (Wang et al., NeurIPS 2018), three players: student S, teacher T, discriminator
 D(x, y) = sigmoid(<g(x), y>) with g a classifier-shaped net built like the teacher.
 
-Per batch (losses exactly as METHODS.md; y_s, y_t straight-through Gumbel-softmax samples):
+Per batch (losses exactly as docs/methods.md#kdgan; y_s, y_t straight-through Gumbel-softmax samples):
   D (k_D times): BCE(D(x, y), 1) + a BCE(D(x, y_s), 0) + (1 - a) BCE(D(x, y_t), 0)
   T (k_T times): (1 - a) mean log(1 - D(x, y_t)) + g ||z_t - z_s||^2 / 2      (three-player only)
   S (k_S times): a mean log(1 - D(x, y_s)) + b ||z_s - z_t||^2 / 2

@@ -7,9 +7,11 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from kdbench import seed_fuse
 from kdbench.config import RunSpec
-from kdbench.engine import Step, snapshot
+from kdbench.engine import Step, accuracy, snapshot
 from kdbench.method import Context, FitResult, Method, Schedule, register_method
+from kdbench.tcn_fuse import load_tensors, stack
 
 PAPER_EPOCHS = 160  # TAKD's recipe for its plain CNN and ResNet students
 
@@ -71,6 +73,42 @@ def fit_with_loss(ctx: Context, model, loss_fn, name: str) -> FitResult:
     return FitResult(model, last, snapshot(model), res.history, metrics={"best_epoch": res.best_epoch})
 
 
+def fit_seeds_with_loss(ctxs: list[Context], models: list, loss_fn, name: str) -> list[FitResult]:
+    """`fit_with_loss` for the runs of several seeds at once (kdbench.seed_fuse): `models` (one per
+    seed, built seeded) train side by side; `loss_fn(z, batch)` gets the stacked logits (s, B, K) and
+    the seeds' stacked batch and returns per-seed losses (s,). Each seed ends in its own FitResult."""
+    ctx = ctxs[0]
+    fused = stack(models, batched_input=True)
+    opt = ctx.optimizer(fused.parameters())
+    family = paper_family(ctx.spec.student)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, False, ctx.schedule.epochs))] \
+        if family == "resnet" else []
+    if family:
+        for c in ctxs:
+            c.deviations.append(schedule_note(family))
+    x_val, y_val = ctx.split("val")
+
+    def evaluate() -> list[dict[str, float]]:
+        logits = seed_fuse.predict_copies(fused, x_val, len(ctxs))
+        return [{"val_acc": accuracy(z, y_val)} for z in logits]
+
+    results = seed_fuse.train(ctxs, [Step(name, opt, lambda b: loss_fn(fused(b.x), b))], {"model": fused}, evaluate=evaluate,
+                              schedulers=schedulers, member_state=lambda i: {"model": fused.member_tensors(i)})
+    out = []
+    for i, (model, res) in enumerate(zip(models, results)):
+        load_tensors(model, fused.member_tensors(i))
+        last = snapshot(model)
+        load_tensors(model, res.best_state["model"])
+        model.eval()
+        out.append(FitResult(model, last, snapshot(model), res.history, metrics={"best_epoch": res.best_epoch}))
+    return out
+
+
+def cross_entropy_per_copy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(s, B, K) logits and (s, B) labels -> (s,): each copy's mean cross-entropy."""
+    return F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view(z.shape[0], -1).mean(1)
+
+
 @register_method
 class Student(Method):
     name = "student"
@@ -88,3 +126,11 @@ class Student(Method):
     def fit(self, ctx: Context) -> FitResult:
         model = ctx.make_student()
         return fit_with_loss(ctx, model, lambda b: {"ce": F.cross_entropy(model(b.x), b.y)}, self.name)
+
+    def fit_seeds(self, ctxs: list[Context]) -> list[FitResult]:
+        """The runs of several seeds at once (kdbench.seed_fuse), each equal to its `fit`."""
+        models = seed_fuse.seeded(ctxs, lambda c: c.make_student())
+        return fit_seeds_with_loss(ctxs, models, lambda z, b: {"ce": cross_entropy_per_copy(z, b.y)}, self.name)
+
+    def seed_fusion_unit(self, ctx: Context):
+        return ctx.make_student()

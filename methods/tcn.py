@@ -11,6 +11,10 @@ turns the float noise of that zero into +-lr steps, so the two paths drift apart
 builds would).
 
 Mode: `--mode ff` or `--mode gan`; no mode means `ff` (the run record's metrics say `mode`).
+
+Seed fusion (kdbench.seed_fuse, `ff` only): the runs of several seeds train each group of students
+once for all seeds, every seed's copies reading that seed's batches; each seed's students, head
+fine-tuning and metrics are then those of its run alone, within float tolerance.
 """
 from __future__ import annotations
 
@@ -24,13 +28,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from kdbench import seed_fuse
 from kdbench.config import RunSpec
 from kdbench.data.base import DataSpec
 from kdbench.engine import Step, accuracy, predict, train
 from kdbench.errors import KdbenchError
 from kdbench.measure import latency_ms, parallel_latency_ms
 from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
-from kdbench.tcn_fuse import FusedConcat, Grouped, Single, load_tensors, stack, structure_key
+from kdbench.tcn_fuse import FusedConcat, Grouped, Single, grouped_plan, load_tensors, stack, structure_key
 
 MNIST_FF_EPOCHS = {1: 20, 2: 10, 4: 10, 8: 20}  # the official notebooks, per n
 # `fused=auto` on CPU fuses students up to this forward cost per image: the MNIST n = 8 students
@@ -222,7 +227,9 @@ class TCN(Method):
 
     # -- fit ------------------------------------------------------------------------------------
 
-    def fit(self, ctx: Context) -> FitResult:
+    def _setup(self, ctx: Context) -> dict[str, Any]:
+        """Checks, deviations, chunking and the val targets of one run, and its students (and
+        discriminators), each seeded by the run's seed and its index."""
         from kdbench.models import dense_view
 
         p, spec = self.params, ctx.spec
@@ -248,17 +255,61 @@ class TCN(Method):
             torch.manual_seed(ctx.seed * 1000 + j)
             students.append(ctx.make_student(out_features=w, n_students=n))
             discs.append(Discriminator(w, p.d_bn_momentum, p.d_bn_eps).to(ctx.device) if mode == "gan" else None)
-
         groups = self._groups(students, fuse_students(students, p.fused, ctx.data.spec, ctx.device))
+        return {"mode": mode, "n": n, "view": view, "sizes": sizes, "bounds": bounds, "feats_val": feats_val,
+                "students": students, "discs": discs, "groups": groups}
+
+    def fit(self, ctx: Context) -> FitResult:
+        run = self._setup(ctx)
         trained: dict[int, _Trained] = {}
         history: list[dict[str, Any]] = []
         fusion: list[str] = []
-        for members in groups:
-            res, rows, kind = self._train_group(ctx, mode, members, students, discs, bounds, feats_val)
+        for members in run["groups"]:
+            res, rows, kind = self._train_group(ctx, run["mode"], members, run["students"], run["discs"], run["bounds"], run["feats_val"])
             trained.update(res)
             history += rows
             fusion.append(kind)
+        split = "fused groups: wall time split evenly among a group's students" if any(len(g) > 1 for g in run["groups"]) \
+            else "measured per student"
+        return self._result(ctx, run, trained, history, fusion, split)
 
+    def fit_seeds(self, ctxs: list[Context]) -> list[FitResult]:
+        """The `ff` runs of several seeds at once (kdbench.seed_fuse): each group of students (as
+        its runs alone would group them) trains once for all seeds, then each seed is assembled
+        and fine-tuned as its run alone."""
+        runs = [self._setup(c) for c in ctxs]
+        if runs[0]["mode"] != "ff":
+            raise KdbenchError("tcn: seed fusion trains mode ff only")
+        trained: list[dict[int, _Trained]] = [{} for _ in ctxs]
+        history: list[list[dict[str, Any]]] = [[] for _ in ctxs]
+        fusion: list[str] = []
+        for members in runs[0]["groups"]:
+            per_seed = self._train_group_seeds(ctxs, members, [r["students"] for r in runs], runs[0]["bounds"], runs[0]["feats_val"])
+            for i, (res, rows) in enumerate(per_seed):
+                trained[i].update(res)
+                history[i] += rows
+            fusion.append("single" if len(members) == 1 else "grouped" if grouped_plan(runs[0]["students"][members[0]]) else "vmap")
+        split = f"seed-fused: the group's wall time split evenly among the students of its {len(ctxs)} seeds"
+        return [self._result(c, r, t, h, list(fusion), split) for c, r, t, h in zip(ctxs, runs, trained, history)]
+
+    def seed_fusion_unit(self, ctx: Context) -> list[nn.Module] | str:
+        """What one seed trains as one computation: its largest group of students (all n when they
+        train fused, else one), or why its runs cannot train fused."""
+        if (ctx.spec.mode or "ff") != "ff":
+            return "tcn gan: its discriminators' BatchNorm and Adam agree with the runs alone only statistically"
+        n = ctx.spec.n_students
+        width = teacher_width_hint(ctx.spec)
+        sizes = chunk_sizes(width, n) if width is not None else [None] * n
+        students = [ctx.make_student(out_features=w, n_students=n) for w in sizes]
+        groups = self._groups(students, fuse_students(students, self.params.fused, ctx.data.spec, ctx.device))
+        return [students[j] for j in max(groups, key=len)]
+
+    def _result(self, ctx: Context, run: dict[str, Any], trained: dict[int, _Trained], history: list[dict[str, Any]],
+                fusion: list[str], time_split: str) -> FitResult:
+        """The deployed predictor of one run, its fine-tuning, metrics and states."""
+        p = self.params
+        mode, n, view, sizes, bounds = run["mode"], run["n"], run["view"], run["sizes"], run["bounds"]
+        students, discs, groups, feats_val = run["students"], run["discs"], run["groups"], run["feats_val"]
         head = copy.deepcopy(view.classifier)
         head.requires_grad_(True)
         predictor = TCNPredictor(students, head).to(ctx.device).eval()
@@ -269,7 +320,7 @@ class TCN(Method):
             "mode": mode, "chunk_sizes": sizes, "gan_variant": p.gan_variant if mode == "gan" else None,
             "g_step_bn": p.g_step_bn if mode == "gan" else None, "fused": any(len(g) > 1 for g in groups), "fused_groups": groups, "fusion": fusion,
             "train_time_per_student_s": times,
-            "train_time_split": "fused groups: wall time split evenly among a group's students" if any(len(g) > 1 for g in groups) else "measured per student",
+            "train_time_split": time_split,
             "epochs_per_student": [ctx.schedule.epochs] * n, "epochs_run": ctx.schedule.epochs,
             "epoch_time_s": sum(times) / (n * ctx.schedule.epochs),
             "best_epoch_per_student": [trained[j].best_epoch for j in range(n)],
@@ -279,7 +330,7 @@ class TCN(Method):
             metrics["d_bn"] = {"momentum_keras": p.d_bn_momentum, "eps": p.d_bn_eps, "init": "glorot_uniform, zero bias"}
         predictor.load_state_dict(states["valbest"])
         return FitResult(predictor, states["last"], states["valbest"], history,
-                         parts={"students": list(predictor.students), "latency_fn": _latency_fn(predictor), "chunk_sizes": sizes},
+                         parts={"students": list(predictor.students), "latency_fn": latency_fn(predictor), "chunk_sizes": sizes},
                          metrics=metrics)
 
     @staticmethod
@@ -340,6 +391,51 @@ class TCN(Method):
         rows = [{**r, "stage": "students", "students": list(members)} for r in res.history]
         kind = "grouped" if isinstance(s, Grouped) else "vmap" if k > 1 else "single"
         return out, rows, kind
+
+    def _train_group_seeds(self, ctxs: list[Context], members: list[int], students: list[list[nn.Module]], bounds, feats_val):
+        """`_train_group` (ff) for the students `members` of every seed at once: copies ordered seed
+        by seed, the copies of seed i reading seed i's batches. Returns per seed its outcomes and rows."""
+        s, m = len(ctxs), len(members)
+        k = s * m
+        ctx = ctxs[0]
+        st = stack([students[i][j] for i in range(s) for j in members], batched_input=True, share=m).to(ctx.device)
+        cols = torch.stack([torch.arange(*bounds[j]) for j in members]).to(feats_val.device)  # (m, w)
+        tgt_val = feats_val[:, cols].transpose(0, 1).repeat(s, 1, 1)  # (k, Nv, w)
+
+        def target(b) -> Tensor:  # (k, B, w): seed i's batch rows, student j's columns
+            t = seed_fuse.teacher_outputs(ctx, b).features[:, :, cols]  # (s, B, m, w)
+            return t.transpose(1, 2).reshape(k, t.shape[1], -1)
+
+        opt = ctx.optimizer(st.parameters())
+        steps = [Step("s", opt, lambda b: {"mse": mse_per_student(st(b.x), target(b)).view(s, m).sum(1)})]
+        best: dict[tuple[int, int], dict[str, Any]] = {}
+        epoch = [0]
+        x_val = ctx.split("val")[0]
+
+        def evaluate() -> list[dict[str, float]]:
+            epoch[0] += 1
+            mse = mse_per_student(seed_fuse.predict_copies(st, x_val, s), tgt_val).view(s, m)
+            rows = []
+            for i in range(s):
+                row = {"val_mse": float(mse[i].mean())}
+                for a, j in enumerate(members):
+                    v = float(mse[i, a])
+                    row[f"val_mse_s{j}"] = v
+                    if (i, j) not in best or v < best[(i, j)]["mse"]:
+                        best[(i, j)] = {"mse": v, "epoch": epoch[0], "s": st.member_tensors(i * m + a)}
+                rows.append(row)
+            return rows
+
+        desc = f"tcn ff s{members[0]} x{s} seeds" if m == 1 else f"tcn ff fused x{m} x{s} seeds"
+        results = seed_fuse.train(ctxs, steps, {"students": st}, evaluate=evaluate, score_key="val_mse", higher_is_better=False,
+                                  desc=desc, stage=f"tcn ff s{members[0]}" if m == 1 else f"tcn ff fused x{m}",  # as alone
+                                  member_state=lambda i: {})
+        out = []
+        for i, res in enumerate(results):
+            trained = {j: _Trained(st.member_tensors(i * m + a), best[(i, j)]["s"], None, best[(i, j)]["epoch"], best[(i, j)]["mse"],
+                                   res.train_time_s / k) for a, j in enumerate(members)}
+            out.append((trained, [{**r, "stage": "students", "students": list(members)} for r in res.history]))
+        return out
 
     def _assemble(self, ctx: Context, predictor: TCNPredictor, trained: dict[int, _Trained], sizes, bounds, feats_val, discs):
         """Accuracy without and with fine-tuning, feature MSE, and the last / val-best states.
@@ -426,7 +522,7 @@ def _batched(model: nn.Module, x: Tensor, dim: int = 0, batch_size: int = 1024) 
     return torch.cat(outs, dim=1)
 
 
-def _latency_fn(predictor: TCNPredictor) -> Callable[[Tensor, torch.device], dict[str, dict[str, float]]]:
+def latency_fn(predictor: TCNPredictor) -> Callable[[Tensor, torch.device], dict[str, dict[str, float]]]:
     """TCN's inference variants: students one after another (+ head), fused (one batched computation
     per group of identical students, + head), and parallel (students concurrently, head excluded)."""
 

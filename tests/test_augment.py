@@ -1,4 +1,4 @@
-"""Data augmentation (RunSpec.augment) with the teacher in the loop (DESIGN.md section 2).
+"""Data augmentation (RunSpec.augment) with the teacher in the loop (docs/design.md §2).
 
 - the augmented batches are a function of the seed alone (same seed, same batches; another seed, others);
 - crop-flip is a 4-pixel zero-padded random crop plus a random horizontal flip, batched, checked

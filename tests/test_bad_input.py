@@ -1,4 +1,4 @@
-"""Bad input catalogue (DESIGN.md §7): every case gives exactly one line on stderr starting with
+"""Bad input catalogue (docs/design.md §7): every case gives exactly one line on stderr starting with
 `kdbench: error:`, exit code 2, no traceback, and leaves nothing behind (no --out folder, no cache
 entry). The cases run in-process through `kdbench.cli.main` (fast); a few run as real processes to
 prove there is no traceback at the process level either."""

@@ -119,7 +119,7 @@ def test_quick_bench_runs_and_its_equality_checks_hold(tmp_path, quick_cache, mo
     monkeypatch.setenv("KDBENCH_CACHE", str(quick_cache))
     monkeypatch.setenv("KDBENCH_PROGRESS", "0")
     threads = torch.get_num_threads()
-    rc = main(["bench", "--quick", "--only", "targets,fused,layout,efficiency,inference,profile", "--out", str(tmp_path)])
+    rc = main(["bench", "--quick", "--only", "targets,fused,layout,efficiency,inference,profile,overhead", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert torch.get_num_threads() == threads  # the bench's fixed thread count is restored
@@ -139,6 +139,13 @@ def test_quick_bench_runs_and_its_equality_checks_hold(tmp_path, quick_cache, mo
     targets = next(r for r in report["rows"] if r["name"].startswith("targets"))
     assert targets["checks"] == {"identical per-epoch loss history": True}
     assert len(targets["details"]["loss_history"]) == 4  # one epoch of each of the 4 sequential students
+    goals = {r["name"]: r["goal"] for r in report["rows"]}
+    # the retired goals are gone, their rows kept: cached targets (4x), fused gan (1.4x), 30% of the
+    # matmul peak for the tiny n = 4 and n = 8 students
+    assert goals["targets: teacher in loop / cached"] == "-" and goals["fused: gan n=8 sequential / fused"] == "-"
+    assert goals["efficiency: TCN n=4 training loop / matmul peak"] == goals["efficiency: TCN n=8 training loop / matmul peak"] == "-"
+    assert goals["fused: ff n=8 sequential / fused"] == ">= 1.4" and goals["efficiency: TCN n=1 training loop / matmul peak"] == ">= 0.3"
+    assert goals["overhead: kdbench KD epoch / hand-written loop"] == "<= 1.1"
     assert (tmp_path / "bench.md").read_text().startswith("# kdbench bench")
     assert (tmp_path / "profile_tcn_ff_n4.txt").exists() and (tmp_path / "profile_kd.txt").exists()
 

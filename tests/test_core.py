@@ -32,7 +32,7 @@ def test_same_spec_same_key_and_every_field_changes_it():
                "budget": "repo", "n_students": 2, "mode": "ff", "epochs": 3, "batch_size": 64, "lr": 0.1,
                "seed": 1, "val_fraction": 0.2, "split_seed": 3, "max_train": 100, "device": "cuda",
                "teacher_recipe": TeacherRecipe(epochs=1), "augment": "crop-flip", "teacher_normalize": "imagenet",
-               "data_options": {"maxlen": 100}, "amp": "bf16", "compile": True}
+               "data_options": {"maxlen": 100}, "amp": "bf16", "compile": True, "student_scale": 0.5}
     assert set(changes) | {"method"} == {f.name for f in dataclasses.fields(RunSpec)}
     keys = {run_key(base)}
     for field, value in changes.items():

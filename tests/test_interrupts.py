@@ -1,4 +1,4 @@
-"""Interrupts (DESIGN.md §7): SIGINT, SIGTERM and SIGHUP stop a `--workers 2` sweep and its whole
+"""Interrupts (docs/design.md §7): SIGINT, SIGTERM and SIGHUP stop a `--workers 2` sweep and its whole
 process tree (forkserver, workers, resource tracker) within seconds, exit 128 + the signal's number
 with one line on stderr, and keep the finished records; a sweep SIGKILLed at random moments takes
 its workers with it and resumes to the records of an uninterrupted run.

@@ -1,5 +1,5 @@
 """Bad input that is only visible on disk or in the environment is refused before any training
-starts (DESIGN.md §7): an explicit --data-root that does not exist, a corrupt data file, a
+starts (docs/design.md §7): an explicit --data-root that does not exist, a corrupt data file, a
 KDBENCH_CACHE that is a file, an invalid report name, an unwritable --out, a parameter outside its
 declared Range. Each gives exit code 2 and one stderr line, and leaves no record and no teacher.
 

@@ -1,4 +1,4 @@
-"""Reliability rules of DESIGN.md §7, each proved by a test:
+"""Reliability rules of docs/design.md §7, each proved by a test:
 
 - kill anywhere: sweep processes SIGKILLed at random moments of their work (and at four precise
   moments a random kill rarely hits: halfway through a record, inside teacher training, between a

@@ -1,4 +1,4 @@
-"""`kdbench bench`: the performance benchmarks of issue 8, each a ratio measured in one run, printed
+"""`kdbench bench`: the performance benchmarks, each a ratio measured in one run, printed
 as one table (name, A, B, ratio, goal, met?, notes). Exit 1 when an equality check fails; speed
 goals are reported, never turned into a failure."""
 from __future__ import annotations
@@ -9,18 +9,20 @@ import sys
 
 # the benchmarks of kdbench.bench.BENCHES, named here so that building the parser imports no torch
 # (tests/test_bench.py checks that the two lists agree)
-NAMES = ("targets", "fused", "layout", "parallel", "efficiency", "inference", "memory", "profile")
+NAMES = ("targets", "fused", "layout", "parallel", "efficiency", "inference", "memory", "profile", "overhead",
+         "alternative", "seeds")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="performance benchmarks: ratios measured side by side (issue 8)",
+    p = sub.add_parser("bench", help="performance benchmarks: ratios measured side by side",
                        description="Run the performance benchmarks and print one table of ratios A / B. "
                                    f"Benchmarks: {', '.join(NAMES)}.")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; a smoke test of the machinery)")
     p.add_argument("--only", metavar="NAME[,NAME...]", help="run only these benchmarks")
     p.add_argument("--threads", type=int, default=1, help="torch threads, fixed for every arm (default 1)")
     p.add_argument("--rounds", type=int, help="A/B repetitions of each interleaved pair (default 2; quick 1)")
-    p.add_argument("--long-rounds", type=int, help="repetitions of the minutes-long pairs, targets and parallel (default: --rounds if given, else 1)")
+    p.add_argument("--long-rounds", type=int, help="repetitions of the minutes-long pairs, targets, parallel and alternative "
+                                                   "(default: --rounds if given, else 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ...)")
     p.add_argument("--out", help="write bench.json + bench.md (+ profiles) here (default: results/bench; "

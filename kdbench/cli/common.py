@@ -2,44 +2,61 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from ..errors import KdbenchError
+from ..fields import FIELDS, Field, Flag, Options, Seeds, field_help, parse_params
+
+GRID_OPTIONS = ("method", "students", "mode", "seed", "seeds")  # the "what to run" options, listed first
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Fields of a RunSpec that both `run` and `sweep` take."""
-    p.add_argument("--dataset", help="dataset name (see `kdbench data`)")
-    p.add_argument("--teacher", help="teacher: zoo name, 'auto' (the dataset's paper teacher) or file:ARCH=PATH")
-    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher recipe (default: the dataset's recipe)")
-    p.add_argument("--teacher-normalize", metavar="NORM", help="input normalisation of the teacher model: imagenet, cifar10, "
-                   "none or MEAN,STD (per channel joined by '/'); imported weights need theirs (the shared CIFAR ResNets: imagenet)")
-    p.add_argument("--student", help="student architecture (zoo name) or 'auto' (budget student)")
-    p.add_argument("--budget", choices=["paper", "repo"], help="budget family of auto students")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method hyperparameter (repeatable, or k=v,k2=v2)")
-    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="dataset option of this run, e.g. maxlen=200 for a text dataset (repeatable; an unknown "
-                        "name is refused with the dataset's list of options)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--split-seed", type=int)
-    p.add_argument("--max-train", type=int, help="deterministic subset of the training split (quick protocols)")
-    p.add_argument("--augment", metavar="NAME", help="training-batch augmentation: none (default) or crop-flip; "
-                   "with one the teacher runs on each augmented batch")
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed-precision student training (autocast; fp16 with "
-                   "gradient scaling, CUDA only); recorded and part of the run key: it changes the numbers")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the trained models (recorded, "
-                   "part of the run key)")
+def add_field_options(p: Any, command: str, only: Sequence[str] | None = None,
+                      exclude: Sequence[str] = ()) -> None:
+    """The options of the run fields (kdbench.fields) that `command` ("run" or "sweep") takes. A sweep
+    takes every value as text (a list is an axis, parsed by kdbench.sweep); a run takes one value."""
+    for f in FIELDS:
+        if command not in f.commands or f.name in exclude or (only is not None and f.name not in only):
+            continue
+        kw: dict[str, Any] = {"dest": f.name, "help": field_help(f, command)}
+        one = f.metavar or f.name.upper()
+        listed = command == "sweep" and f.axis and f.split is not None and not isinstance(f.kind, Seeds)
+        if not isinstance(f.kind, Flag) and not (command == "run" and f.choices):
+            kw["metavar"] = f"{one}[,{one}...]" if listed else one
+        if isinstance(f.kind, Flag):
+            kw.update(action="store_const", const=True)
+        elif isinstance(f.kind, Options) or (f.name == "method" and command == "sweep"):
+            kw["action"] = "append"  # repeatable
+        elif command == "run":
+            kw.update(type=_one_value(f), choices=f.choices)
+        p.add_argument(f.option, **kw)
+
+
+def add_run_options(p: argparse.ArgumentParser, command: str) -> None:
+    """Fields of a RunSpec that both `run` and `sweep` take (the grid options aside), and how to run."""
+    add_field_options(p, command, exclude=GRID_OPTIONS)
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ~/.cache/kdbench/data, /usr/share/datasets)")
     p.add_argument("--no-latency", action="store_true", help="skip inference-latency measurement")
     p.add_argument("--log", action="append", metavar="TRACKER[,TRACKER...]",
                    help="also send per-epoch metrics and the final record to tensorboard, mlflow and/or wandb "
                         "(repeatable; local stores under --out; changes no result)")
+
+
+def _one_value(f: Field) -> Callable[[str], Any]:
+    """The argparse type of a `kdbench run` option: its declared type, and no list (a sweep crosses lists)."""
+    base = f.run_type or str
+
+    def convert(text: str) -> Any:
+        if f.axis and f.split is not None and len(f.split(text)) > 1:
+            raise argparse.ArgumentTypeError(f"takes one value in `kdbench run` ({text!r} is a list: `kdbench sweep` "
+                                             "crosses lists)")
+        return base(text)
+
+    convert.__name__ = base.__name__  # argparse names it: "invalid int value: 'ten'"
+    return convert
 
 
 def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
@@ -71,36 +88,34 @@ def make_out_dir(p: Path) -> Path:
     return p
 
 
+def given_options(args: argparse.Namespace, command: str = "run") -> list[str]:
+    """The run-field options given on the command line, as flags (`--epochs`)."""
+    return [f.option for f in FIELDS if command in f.commands and getattr(args, f.name, None) is not None]
+
+
 def spec_fields(args: argparse.Namespace) -> dict:
-    """RunSpec fields given on the command line (unset options are left to the defaults)."""
-    from ..config import parse_params
+    """RunSpec fields given on the `kdbench run` command line (unset options are left to the defaults):
+    each field's kind converts and bounds a value its argparse type does not (errors named by the flag)."""
     from ..teachers import default_recipe
 
-    fields = {}
-    for opt, field in (("dataset", "dataset"), ("teacher", "teacher"), ("student", "student"), ("budget", "budget"),
-                       ("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("val_fraction", "val_fraction"),
-                       ("split_seed", "split_seed"), ("max_train", "max_train"), ("device", "device"),
-                       ("teacher_normalize", "teacher_normalize"), ("augment", "augment"), ("amp", "amp"),
-                       ("compile", "compile")):
-        value = getattr(args, opt, None)
-        if value is not None:
-            fields[field] = value
+    fields: dict[str, Any] = {}
+    for f in FIELDS:
+        value = getattr(args, f.name, None)
+        if "run" not in f.commands or value is None or f.name == "method":
+            continue
+        if isinstance(f.kind, Options):
+            value = parse_params(value, f.option)
+        elif f.run_type is None:
+            try:
+                value = f.kind.convert(value)
+            except ValueError as e:
+                raise KdbenchError(f"{f.option} {e}") from None
+            if not f.kind.in_range(value):
+                raise KdbenchError(f"{f.option} must be {f.kind.bound}, got {value:g}")
+        if f.name == "teacher_epochs":
+            value = dataclasses.replace(default_recipe(fields.get("dataset", "mnist")), epochs=value)
+        fields[f.target] = value
     if fields.get("student", "auto") != "auto" and "budget" in fields:
         raise KdbenchError(f"--student {fields['student']} and --budget {fields['budget']} contradict: "
                            "an explicit student has no budget family (give one of them)")
-    if getattr(args, "param", None):
-        fields["params"] = parse_params(args.param)
-    if getattr(args, "data_option", None):
-        fields["data_options"] = parse_params(args.data_option, "--data-option")
-    if getattr(args, "teacher_epochs", None) is not None:
-        if args.teacher_epochs < 1:
-            raise KdbenchError(f"--teacher-epochs must be >= 1, got {args.teacher_epochs}")
-        base = default_recipe(fields.get("dataset", "mnist"))
-        fields["teacher_recipe"] = dataclasses_replace(base, epochs=args.teacher_epochs)
     return fields
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)

@@ -7,31 +7,16 @@ from pathlib import Path
 
 from ..config import RunSpec
 from ..errors import KdbenchError
-from .common import add_run_options, make_out_dir, out_dir, spec_fields
+from .common import GRID_OPTIONS, add_field_options, add_run_options, given_options, make_out_dir, out_dir, spec_fields
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run one method once and write its record")
-    p.add_argument("--method", help="method name (see `kdbench list methods`)")
-    p.add_argument("--mode", help="tcn: ff or gan")
-    p.add_argument("--students", type=str, help="number of students (tcn)")
-    p.add_argument("--seed", type=int, default=None)
+    add_field_options(p, "run", only=GRID_OPTIONS)
     p.add_argument("--out", default="results/runs", help="directory for the record (default results/runs)")
     p.add_argument("--from-record", metavar="FILE", help="rerun exactly the spec stored in a record")
-    add_run_options(p)
+    add_run_options(p, "run")
     p.set_defaults(func=run)
-
-
-def _students(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise KdbenchError(f"--students '{text}' is not an integer") from None
-    if n < 1:
-        raise KdbenchError(f"--students must be >= 1, got {n}")
-    return n
 
 
 def read_record_spec(path: Path) -> RunSpec:
@@ -68,26 +53,16 @@ def run(args: argparse.Namespace) -> int:
     out = out_dir(args.out)
     track = setup(args.log, out)  # unknown or missing trackers: one line, before anything runs
     if args.from_record:
-        given = {k for k in spec_fields(args) if k != "device"}  # --device may move a rerun to other hardware
-        given |= {name for name in ("method", "students", "mode", "seed") if getattr(args, name) is not None}
+        given = [g for g in given_options(args) if g != "--device"]  # --device may move a rerun to other hardware
         if given:
-            raise KdbenchError(f"--from-record reruns the stored spec exactly; it contradicts "
-                               f"{', '.join('--' + g.replace('_', '-') for g in sorted(given))}")
+            raise KdbenchError(f"--from-record reruns the stored spec exactly; it contradicts {', '.join(sorted(given))}")
         spec = read_record_spec(Path(args.from_record))
         if args.device:
             spec = spec.replace(device=args.device)
     else:
         if not args.method:
             raise KdbenchError("--method is required (see `kdbench list methods`)")
-        fields = spec_fields(args)
-        n = _students(args.students)
-        if n is not None:
-            fields["n_students"] = n
-        if args.mode:
-            fields["mode"] = args.mode
-        if args.seed is not None:
-            fields["seed"] = args.seed
-        spec = RunSpec(method=args.method, **fields)
+        spec = RunSpec(method=args.method, **spec_fields(args))
     r = resolve(spec)
     preflight([r.spec.dataset], out, args.data_root, runs=[r])
     make_out_dir(out)

@@ -6,22 +6,21 @@ import argparse
 import os
 import sys
 
-from .common import add_run_options, print_table
+from .common import GRID_OPTIONS, add_field_options, add_run_options, print_table
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run a grid of methods x students x modes x seeds (resumable)",
+    p = sub.add_parser("sweep", help="run a grid of methods x students x modes x seeds x any other field (resumable)",
                        description="Expand a grid into runs and execute the ones not yet done in --out. "
-                                   "Options override the fields of --config / --preset.")
+                                   "Options override the fields of --config / --preset. Any field or method "
+                                   "parameter given as a comma-separated list (a YAML list) is a grid axis; "
+                                   "the axes are crossed, and a parameter list reaches the methods that have it.")
     src = p.add_argument_group("what to run")
-    src.add_argument("--method", action="append", metavar="NAME[,NAME...]", help="method(s) (see `kdbench list methods`)")
-    src.add_argument("--students", metavar="N[,N...]", help="numbers of students, e.g. 1,2,4,8 (methods training one student ignore it)")
-    src.add_argument("--mode", metavar="MODE[,MODE...]", help="modes, e.g. ff,gan (methods without modes ignore it; tcn default ff)")
-    src.add_argument("--seeds", metavar="N|S,S,...", help="3 = seeds 0,1,2 (default); 0,5,7 = those seeds")
+    add_field_options(src, "sweep", only=GRID_OPTIONS)
     src.add_argument("--config", metavar="FILE", help="YAML file with the same fields (method, dataset, students, ...)")
     src.add_argument("--preset", metavar="NAME", help="a sweep shipped with kdbench (see --list-presets)")
     src.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    add_run_options(p)
+    add_run_options(p, "sweep")
     how = p.add_argument_group("how to run")
     how.add_argument("--out", help="results directory (default: the config's out, results/<preset>, or results/runs)")
     how.add_argument("--executor", default="local", help="local (process pool, default) or ray")
@@ -30,27 +29,24 @@ def add_parser(sub) -> None:
     how.add_argument("--address", help="Ray cluster address (--executor ray); default: start a local Ray")
     how.add_argument("--latency-threads", type=int, default=1, metavar="K",
                      help="torch threads of the quiet latency pass after training (default 1; --no-latency skips it)")
-    how.add_argument("--dry-run", action="store_true", help="print the runs and what is already done; run nothing")
+    how.add_argument("--no-fuse-seeds", action="store_true",
+                     help="train every seed on its own (default: seeds of one cell train fused where that is faster)")
+    how.add_argument("--dry-run", action="store_true", help="print the grid, its runs and what is already done; run nothing")
+    how.add_argument("--yes", action="store_true", help="run a grid of more than 10,000 runs (refused without it)")
     how.add_argument("--report", action="store_true", help="build the report (kdbench report) at the end")
     how.add_argument("--report-name", help="report folder name under reports/ (default: the sweep's name)")
     p.set_defaults(func=run)
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    """Sweep fields given on the command line, as raw strings: sweep.parse_field validates them."""
+    """Sweep fields given on the command line, as raw text: sweep.parse_field validates them."""
+    from ..fields import FIELDS
+
     fields: dict = {}
-    if args.method:
-        fields["method"] = ",".join(args.method)
-    for name in ("students", "mode", "seeds", "dataset", "teacher", "teacher_epochs", "student", "budget", "epochs",
-                 "batch_size", "lr", "val_fraction", "split_seed", "max_train", "device", "augment",
-                 "teacher_normalize", "amp", "compile"):
-        value = getattr(args, name, None)
+    for f in FIELDS:
+        value = getattr(args, f.name, None) if "sweep" in f.commands else None
         if value is not None:
-            fields[name] = value
-    if args.param:
-        fields["params"] = list(args.param)
-    if args.data_option:
-        fields["data_options"] = list(args.data_option)
+            fields[f.name] = ",".join(value) if f.name == "method" else value
     return fields
 
 
@@ -67,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             result = sweep(preset=args.preset, config=args.config, out=args.out, executor=args.executor,
                            workers=args.workers, threads=args.threads, address=args.address, data_root=args.data_root,
                            latency=not args.no_latency, latency_threads=args.latency_threads, dry_run=args.dry_run, report=args.report,
-                           report_name=args.report_name, trackers=args.log, **overrides(args))
+                           report_name=args.report_name, trackers=args.log, fuse_seeds="off" if args.no_fuse_seeds else "auto",
+                           yes=args.yes, **overrides(args))
     except KeyboardInterrupt as e:
         sig = interrupt_signal(e)
         print(f"kdbench: interrupted by {sig.name}; the finished runs' records are kept, the same command resumes",
@@ -79,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         title += f" (requires {spec.requires})"
     if args.dry_run:
         print(f"{title}: {len(result.planned)} runs into {result.out_dir}")
+        for line in spec.grid_lines():
+            print(line)
         print_table(result.plan_table().to_dict("records"))
         states = [p.status for p in result.planned]
         invalid = f"{states.count('invalid')} invalid records (will rerun), " if "invalid" in states else ""

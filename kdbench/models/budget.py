@@ -133,7 +133,7 @@ FAMILIES = {
 }
 BUDGET_TABLES: Registry[dict[str, dict[int, Budget]]] = Registry("student budget family")
 BUDGET_TABLES.add("paper", PAPER_BUDGETS)
-# Families that are named in METHODS.md but cannot be built from what is published: the official
+# Families that are named in docs/methods.md#tcn-student-budgets but cannot be built from what is published: the official
 # notebooks' students are not described in the paper, and the notebooks are not available here.
 UNAVAILABLE_FAMILIES = {"repo": "budget family 'repo' (the official notebooks' students) is not available: the paper "
                                 "gives only the Table 6 budgets, and the notebooks' student layers are not published "
@@ -174,21 +174,34 @@ def model_cost(arch: str, spec: DataSpec) -> Budget:
     return Budget(count_params(model), 2 * count_macs(model, spec))
 
 
+def scaled(budget: Budget, scale: float) -> Budget:
+    """`budget` times `scale` (params and FLOPs alike): the student-size axis of a sweep."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise KdbenchError(f"student_scale must be a finite number > 0, got {scale!r}")
+    if scale == 1:
+        return budget
+    return Budget(max(1, round(budget.params * scale)), max(2, round(budget.flops * scale)))
+
+
 def auto_student(spec: DataSpec, n_students: int, out_features: int, family: str, rule: str,
-                 teacher: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                 teacher: str | None = None, scale: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
     """The `auto` student of a dataset whose budget rule is `rule`: a paper table's budget, or
-    ("relative") the paper's ratios applied to `teacher` (the dataset's default teacher) on `spec`."""
+    ("relative") the paper's ratios applied to `teacher` (the dataset's default teacher) on `spec`;
+    either budget times `scale` (1: the paper's size)."""
     if rule != RELATIVE:
-        return budget_student(spec, n_students, out_features, family, table=rule)
+        return budget_student(spec, n_students, out_features, family, table=rule, scale=scale)
     table_name = rule_table(rule, spec.modality)
     if table_name is None or teacher is None:
         raise KdbenchError(f"no relative student budget for modality '{spec.modality}' without a teacher; pass --student ARCH")
     ref = model_cost(teacher, spec)
-    model, info = budget_student(spec, n_students, out_features, family, budget=relative_budget(ref, n_students, table_name, family))
+    model, info = budget_student(spec, n_students, out_features, family,
+                                 budget=scaled(relative_budget(ref, n_students, table_name, family), scale))
     ratio = table_budget(family, table_name, n_students).params / PAPER_TEACHERS[table_name].params
+    times = f" x {scale:g}" if scale != 1 else ""
     info.update(family=family, table=table_name, rule=RELATIVE, reference_teacher=teacher, reference_params=ref.params,
+                scale=scale,
                 deviation=f"no paper budget for this dataset: students sized to the {family} table {table_name}'s student / "
-                          f"teacher ratio for n={n_students} ({ratio:.2%} of the params) of teacher {teacher} "
+                          f"teacher ratio for n={n_students} ({ratio:.2%} of the params{times}) of teacher {teacher} "
                           f"({ref.params:,} params here)")
     return model, info
 
@@ -205,10 +218,10 @@ def student_size_warning(student_params: int, teacher_params: int, teacher: str)
 
 def budget_student(
     spec: DataSpec, n_students: int, out_features: int, family: str = "paper", *, budget: Budget | None = None,
-    table: str | None = None,
+    table: str | None = None, scale: float = 1.0,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A student for one of `n_students` under the family's per-student budget (or an explicit `budget`)
-    in `table` (default: the modality's paper table).
+    """A student for one of `n_students` under the family's per-student budget times `scale` (or an
+    explicit `budget`, taken as it is) in `table` (default: the modality's paper table).
 
     Returns the model and an info dict: config, target and actual params / MACs / FLOPs, relative error."""
     explicit = budget is not None
@@ -216,7 +229,7 @@ def budget_student(
     if spec.modality not in FAMILIES or table_name is None:
         raise KdbenchError(f"no student family for modality '{spec.modality}'")
     if budget is None:
-        budget = table_budget(family, table_name, n_students)
+        budget = scaled(table_budget(family, table_name, n_students), scale)
     fam = FAMILIES[spec.modality]
     best: tuple[float, dict[str, Any], Cost] | None = None
     for cfg, cost in fam.candidates(spec, budget.params, out_features):
@@ -227,9 +240,10 @@ def budget_student(
         if best is None or score < best[0]:
             best = (score, cfg, cost)
     if best is None:
+        at = f" ({scale:g} x the {family} budget: try another --student-scale)" if scale != 1 and not explicit else ""
         raise KdbenchError(
             f"no {fam.model} for {tuple(spec.input_shape)} fits {budget.params:,} params within "
-            f"{TOLERANCE:.0%} with out_features={out_features}"
+            f"{TOLERANCE:.0%} with out_features={out_features}{at}"
         )
     _, cfg, _ = best
     model = fam.build(spec, out_features=out_features, **cfg)
@@ -240,6 +254,7 @@ def budget_student(
         "model": fam.model,
         "config": dict(cfg, out_features=out_features),
         "n_students": n_students,
+        "scale": 1.0 if explicit else scale,
         "target_params": budget.params,
         "params": params,
         "params_rel_err": params / budget.params - 1,
@@ -248,6 +263,7 @@ def budget_student(
         "target_flops": budget.flops,
         "flops": 2 * macs,
         "macs_ratio": macs / budget.macs,
-        "deviation": "the paper gives no student layers; kdbench's parametric family sized to its Table 6 budget",
+        "deviation": "the paper gives no student layers; kdbench's parametric family sized to "
+                     + (f"{scale:g} x " if scale != 1 and not explicit else "") + "its Table 6 budget",
     }
     return model, info

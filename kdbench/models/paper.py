@@ -1,5 +1,5 @@
 """The networks of the papers kdbench reproduces: the Teacher-Class Network teachers (Malik et al.,
-BMVC 2021) and the KDGAN MNIST student and teacher (Wang et al., NeurIPS 2018), as in METHODS.md."""
+BMVC 2021) and the KDGAN MNIST student and teacher (Wang et al., NeurIPS 2018), as in docs/methods.md#paper-networks."""
 from __future__ import annotations
 
 from torch import nn
@@ -77,7 +77,7 @@ def paper_cifar_teacher(spec: DataSpec, normalize: str | None = None) -> StagedN
     return StagedNet(make_normalize(normalize, c), body, neck, classifier, DENSE_WIDTH)
 
 
-# The networks of the KDGAN paper's MNIST table (Wang et al., NeurIPS 2018; METHODS.md).
+# The networks of the KDGAN paper's MNIST table (Wang et al., NeurIPS 2018; docs/methods.md#kdgan-networks).
 KDGAN_DENSE = 1024
 
 
