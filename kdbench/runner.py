@@ -410,8 +410,9 @@ def execute_seeds(rs: list[Resolved], out_dir: str | Path, *, data_root: str | P
                   latency: bool = True, track: Tracking | None = None, note: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train the seed siblings `rs` (equal but for their seed) as one fused computation
     (kdbench.seed_fuse) and write each one's record as `execute` would. `train_time_s` of every
-    record is the group's; `env.seed_fusion` says it was fused, with how many copies (`note`: the
-    decision). If the fused group fails, nothing of it is written and every seed runs alone (its
+    record is its share of the group's time (group / copies: what a run cost, so time tables average
+    like runs alone); `env.seed_fusion` says it was fused, with how many copies and the group's time
+    (`note`: the decision). If the fused group fails, nothing of it is written and every seed runs alone (its
     record says why): a run's record is always what its run alone gives."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     note = {**(note or {}), "fused": True, "copies": len(rs)}
@@ -464,7 +465,8 @@ def _fit_seeds(rs: list[Resolved], data_root: str | Path | None, progress: bool 
             with tracking_session(track, r.key, record_spec(r)) as session:
                 for stage, row in epochs[i]:
                     session.epoch(stage, row)
-                record = _record(r, prep, ctxs[i], fits[i], train_time, dict(load), latency, env={"seed_fusion": note})
+                record = _record(r, prep, ctxs[i], fits[i], train_time / len(rs), dict(load), latency,
+                                 env={"seed_fusion": note})
                 session.finish(record)
             return record
         return finish

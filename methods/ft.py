@@ -26,7 +26,7 @@ from kdbench.errors import KdbenchError
 from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 from kdbench.models import place
 
-from .student import default_schedule
+from .student import default_schedule, lr_steps
 
 SLOPE = 0.1
 
@@ -141,7 +141,7 @@ class FT(Method):
 
         opt = ctx.optimizer(list(student.parameters()) + list(trans.parameters()))
         res = ctx.train([Step("ft", opt, loss)], {"student": student, "translator": trans},
-                        evaluate=lambda: ctx.val_accuracy(student))
+                        evaluate=lambda: ctx.val_accuracy(student), schedulers=lr_steps([ctx], opt))
         last = snapshot(student)
         res.restore_best({"student": student, "translator": trans})
         metrics = {"best_epoch": res.best_epoch, "paraphraser_val_l1": para_res.best_score,

@@ -57,15 +57,22 @@ def schedule_note(family: str | None, code_faithful: bool = False) -> str:
     return "schedule: shared student schedule (Adam)"
 
 
+def lr_steps(ctxs: list[Context], opt: torch.optim.Optimizer) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """The shared schedule's lr steps for `opt` (TAKD's ResNet recipe; none otherwise), and the
+    schedule's deviation line in each run's record: every method on a paper CNN student uses this."""
+    family = paper_family(ctxs[0].spec.student)
+    if family:
+        for c in ctxs:
+            c.deviations.append(schedule_note(family))
+    return [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, False, ctxs[0].schedule.epochs))] \
+        if family == "resnet" else []
+
+
 def fit_with_loss(ctx: Context, model, loss_fn, name: str) -> FitResult:
     """Train one classifier with `loss_fn(batch) -> named losses` and val-accuracy selection, under
     the shared schedule (with its lr steps for the TAKD ResNet recipe)."""
     opt = ctx.optimizer(model.parameters())
-    family = paper_family(ctx.spec.student)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, False, ctx.schedule.epochs))] \
-        if family == "resnet" else []
-    if family:
-        ctx.deviations.append(schedule_note(family))
+    schedulers = lr_steps([ctx], opt)
     res = ctx.train([Step(name, opt, loss_fn)], {"model": model}, evaluate=lambda: ctx.val_accuracy(model),
                     schedulers=schedulers)
     last = snapshot(model)
@@ -80,12 +87,7 @@ def fit_seeds_with_loss(ctxs: list[Context], models: list, loss_fn, name: str) -
     ctx = ctxs[0]
     fused = stack(models, batched_input=True)
     opt = ctx.optimizer(fused.parameters())
-    family = paper_family(ctx.spec.student)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, False, ctx.schedule.epochs))] \
-        if family == "resnet" else []
-    if family:
-        for c in ctxs:
-            c.deviations.append(schedule_note(family))
+    schedulers = lr_steps(ctxs, opt)
     x_val, y_val = ctx.split("val")
 
     def evaluate() -> list[dict[str, float]]:

@@ -430,6 +430,24 @@ def test_ft_method_loss_golden():
     assert float(losses["ce"].detach()) == pytest.approx(hand_ce(logits.tolist(), Y), rel=1e-5)
 
 
+def test_ft_student_training_takes_the_shared_resnet_lr_steps():
+    """A ResNet student under ft gets the same x0.1 steps at 50% / 75% as under student / kd."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 6, 6), torch.tensor(Y)
+    ctx, calls = make_context(x, y, teacher=ConvTeacher().requires_grad_(False).eval(), student=tiny_student(),
+                              capture_at=1, epochs=4)
+    ctx = dataclasses.replace(ctx, spec=RunSpec(method="ft", dataset="fixed", student="resnet8b"))
+    capture("ft", get_method("ft").Params(paraphraser_epochs=1), ctx)
+    (sched,) = calls[1]["kw"]["schedulers"]
+    factors = [sched.lr_lambda(e) for e in range(4)] if hasattr(sched, "lr_lambda") else \
+        [sched.lr_lambdas[0](e) for e in range(4)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    assert any("lr x1/x0.1/x0.01 at 0/50/75%" in d for d in ctx.deviations)
+    assert not calls[0]["kw"].get("schedulers")  # the paraphraser keeps a fixed lr
+
+
 def test_ft_refuses_text_datasets():
     FT = get_method("ft")
     with pytest.raises(KdbenchError, match="text"):

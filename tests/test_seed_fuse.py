@@ -113,7 +113,7 @@ def test_sweep_records_fusion_and_no_fuse_seeds_turns_it_off(tmp_path, capsys):
     assert on.keys() == off.keys() and len(on) == 2  # same run keys: fused and unfused runs are the same runs
     for key in on:
         f, u = on[key]["env"]["seed_fusion"], off[key]["env"]["seed_fusion"]
-        assert f["fused"] and f["copies"] == 2 and f["mode"] == "auto" and f["group_train_time_s"] == on[key]["metrics"]["train_time_s"]
+        assert f["fused"] and f["copies"] == 2 and f["mode"] == "auto" and f["group_train_time_s"] == pytest.approx(2 * on[key]["metrics"]["train_time_s"])
         assert not u["fused"] and u["mode"] == "off"
         for m in ("test_acc", "test_acc_valbest", "val_acc"):
             assert on[key]["metrics"][m] == off[key]["metrics"][m]
