@@ -152,6 +152,7 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     `teacher` may be an nn.Module (its weights are the teacher; `dense=` names the layer whose input is
     the dense representation, or is a function `dense(model, x)`); `normalize=` is `teacher_normalize`.
     """
+    from . import ray_exec  # noqa: F401 - registers the `ray` executor (above executors: it imports them)
     from .executors import EXECUTORS
     from .seed_fuse import fuse_mode
     from .sweep import MAX_RUNS

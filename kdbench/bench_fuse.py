@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from .bench import BenchRow, Goal, Session, fit_once, interleave, median
 from .bench.compare import max_abs_diff, max_rel_diff
 from .bench.timing import sync
-from .seed_fuse import Sizer, decide
+from .fuse_plan import Sizer, decide
 
 
 @dataclass(frozen=True)

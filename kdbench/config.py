@@ -1,7 +1,8 @@
 """RunSpec: the frozen, validated description of one run, and its run key.
 
-The canonical form (sorted keys, defaults filled in) is hashed together with the code version, so
-the same spec always gives the same key and any change of a field gives another.
+The canonical form (sorted keys, defaults filled in, the method's version once bumped) is hashed
+together with the code version, so the same spec always gives the same key and any change of a
+field gives another.
 """
 from __future__ import annotations
 
@@ -22,8 +23,14 @@ from .fields import FIELDS, Field, Int, axis_values
 from .fields import parse_params as parse_params  # noqa: F401 - re-exported: the one `--param` parser
 from .fields import parse_value as parse_value  # noqa: F401 - re-exported
 
-# Bump when a change to the code changes numbers for unchanged specs: old records then stop matching.
+# Bump when a change to shared code changes numbers for unchanged specs: every old record then stops
+# matching. A change to one method bumps that method's `version` instead (see `method_identity`).
 CODE_VERSION = f"{__version__}+proto1"
+
+# A method's version (`Method.version`) enters its runs' canonical spec under this name, and only when
+# bumped past the default: the keys made before methods had versions stay valid (as LATE_FIELDS do).
+DEFAULT_METHOD_VERSION = 1
+METHOD_VERSION = "method_version"
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class RunSpec:
         if "method" not in d:
             raise KdbenchError("the run spec has no 'method'")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(map(str, d)) - known - {"params_changed", "code_version", "optimizer"})
+        unknown = sorted(set(map(str, d)) - known - {"params_changed", "code_version", "optimizer", METHOD_VERSION})
         if unknown:
             raise KdbenchError(f"unknown run field(s): {', '.join(unknown)}")
         d = {k: v for k, v in d.items() if k in known}
@@ -152,13 +159,26 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def run_key(canonical: dict[str, Any], code_version: str | None = None) -> str:
+def method_identity(version: int) -> dict[str, Any]:
+    """The canonical-spec entry of a method's version: nothing at the default, so that only a bumped
+    version changes the keys, and only those of that method's runs."""
+    return {} if version == DEFAULT_METHOD_VERSION else {METHOD_VERSION: version}
+
+
+def check_method_version(name: str, version: Any) -> None:
+    """A method's declared `version` is an integer >= 1 (it is hashed into run keys: 2 and "2" must not both exist)."""
+    if type(version) is not int or version < DEFAULT_METHOD_VERSION:
+        raise KdbenchError(f"method '{name}' declares version {version!r}; a method version is an integer >= 1")
+
+
+def run_key(canonical: dict[str, Any], code_version: str | None = None, label_students: bool = False) -> str:
     """Stable key of a canonical spec: readable prefix + hash of the spec and code version (this
-    code's, or the one a record was made with, to check that record's key)."""
+    code's, or the one a record was made with, to check that record's key). `label_students`: the
+    prefix names the student count too (methods that train several students, `Method.multi_student`)."""
     payload = canonical_json({**canonical, "code_version": code_version or CODE_VERSION})
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     mode = f"-{canonical['mode']}" if canonical.get("mode") else ""
-    n = f"-n{canonical['n_students']}" if canonical.get("method") == "tcn" else ""
+    n = f"-n{canonical['n_students']}" if label_students else ""
     return f"{canonical['method']}{mode}{n}-{canonical['dataset']}-s{canonical['seed']}-{digest}"
 
 

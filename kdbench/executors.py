@@ -198,10 +198,11 @@ def alone(job: Job, why: str) -> Job:
 
 
 def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
-    """The jobs in units for one worker each: seed siblings together where `seed_fuse.decide` fuses
+    """The jobs in units for one worker each: seed siblings together where `fuse_plan.decide` fuses
     them (their decision noted on each job, for its record), every other job alone. Order: each unit
     where its first job was."""
-    from .seed_fuse import Sizer, decide, sibling_key, supports
+    from .fuse_plan import Sizer, decide
+    from .seed_fuse import sibling_key, supports
 
     by_key: dict[tuple, list[Job]] = {}
     for job in jobs:
@@ -622,9 +623,6 @@ def _isolated(ctx: Any, job: Job, threads: int | None) -> Finished:
             fin = Finished(job, _record_failure(job, exc, died), 0.0)
     assert fin is not None  # a waiting job always gets the lock
     return fin
-
-
-from . import ray_exec  # noqa: E402,F401 - registers the `ray` executor (its code: kdbench/ray_exec.py)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ names (`latency_ms_b1`, `latency_ms_b256`, `latency.*`) with `latency_quiet: tru
 repeats and the thread count in `latency_pass`, and the machine's load in `env.load.latency`.
 
 Design: records hold no weights, so each predictor is rebuilt from its record's spec
-(`runner.resolve` + the model builders a method uses, `PREDICTORS`) with fresh, seeded weights.
+(`runner.resolve` + the method's `Method.fresh_predictor`) with fresh, seeded weights.
 A forward pass costs the same whatever the weight values (dense float kernels; the one exception,
 denormal floats, would make trained weights slower, not faster), so this times the architecture
 that was trained without storing a copy of every model. The rebuilt predictor must have the
@@ -43,8 +43,6 @@ LATENCY_METRICS = ("latency_ms_b1", "latency_ms_b256", "latency", "latency_quiet
 WEIGHTS_NOTE = "fresh seeded weights, architecture rebuilt from the spec (latency does not depend on weight values)"
 
 Log = Callable[[str], None]
-# method -> (context, teacher thunk) -> (predictor, parts as in FitResult.parts; "latency_fn" used)
-PredictorBuilder = Callable[[Any, Callable[[], nn.Module]], "tuple[nn.Module, dict[str, Any]]"]
 
 
 @dataclass
@@ -159,7 +157,7 @@ class _Timer:
                 metrics[f"latency_ms_b{b}"] = latency_ms(model, example, b, device)
             timings[f"latency_ms_b{b}"] = got[0]
         extra = parts.get("latency_fn")
-        if extra is not None:  # the method's own variants (TCN: sequential / fused / parallel)
+        if extra is not None:  # the method's own variants (e.g. sequential / fused / parallel)
             with adaptive_timing(self.rule) as got:
                 metrics["latency"] = extra(example, device)
             timings.update(pair_timings(dict(leaves(metrics["latency"], "latency")), got))
@@ -223,38 +221,15 @@ def rebuild_predictor(r: Any, data: Any, device: torch.device, teacher: Callable
     from .runner import build_context
 
     ctx = build_context(r, data, device, None, False, {})
-    build = PREDICTORS.get(r.spec.method, student_predictor)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(r.spec.seed)
-        model, parts = build(ctx, teacher)
+        model, parts = r.method.fresh_predictor(ctx, teacher)  # the method's own deployed form
     model.eval()
     want, got = (rec.get("metrics") or {}).get("params"), count_params(model)
     if want is not None and want != got:
         raise KdbenchError(f"the rebuilt {r.spec.method} predictor has {got} parameters, the record {want}: "
                            f"this kdbench cannot rebuild it (the record's code version is {rec.get('code_version')})")
     return model, parts
-
-
-def student_predictor(ctx: Any, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
-    """The predictor of methods that deploy their one student (student, kd, takd, kdgan, ft)."""
-    return ctx.make_student(), {}
-
-
-def tcn_predictor(ctx: Any, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
-    """TCN's: the students of the teacher's dense chunks, concatenated into the teacher's classifier,
-    with TCN's own latency variants."""
-    from .methods.tcn import TCNPredictor, chunk_sizes, latency_fn
-    from .models import dense_view
-
-    view = dense_view(teacher())
-    n = ctx.spec.n_students
-    students = [ctx.make_student(out_features=w, n_students=n) for w in chunk_sizes(view.dim, n)]
-    predictor = TCNPredictor(students, copy.deepcopy(view.classifier)).to(ctx.device).eval()
-    return predictor, {"latency_fn": latency_fn(predictor)}
-
-
-# a method whose predictor is not `ctx.make_student()` names its builder here
-PREDICTORS: dict[str, PredictorBuilder] = {"tcn": tcn_predictor}
 
 
 def teacher_model(spec: Any, data: Any, device: torch.device) -> nn.Module:

@@ -20,26 +20,20 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from .config import RunSpec
+from .config import DEFAULT_METHOD_VERSION, RunSpec, check_method_version
 from .data.base import Splits
 from .engine import Batch, Step, TrainResult, accuracy, predict, train
 from .errors import KdbenchError
 from .registry import Registry, load_plugins
+from .targets import Targets  # noqa: F401 - part of the method seam (methods and Context use it)
 
 METHODS: Registry[type["Method"]] = Registry("method")
 
 
 def register_method(cls: type["Method"]) -> type["Method"]:
+    check_method_version(cls.name, cls.version)
     METHODS.add(cls.name, cls)
     return cls
-
-
-@dataclass
-class Targets:
-    """Cached teacher outputs on one split (eval mode): logits (N, K) and dense features (N, D)."""
-
-    logits: torch.Tensor
-    features: torch.Tensor
 
 
 class BatchTargets:
@@ -208,8 +202,11 @@ class Method:
     Params: ClassVar[type] = type("Params", (), {})
     needs_teacher: ClassVar[bool] = True
     modes: ClassVar[tuple[str | None, ...]] = (None,)
-    multi_student: ClassVar[bool] = False  # accepts n_students > 1
+    multi_student: ClassVar[bool] = False  # accepts n_students > 1; its run keys name the student count
     description: ClassVar[str] = ""
+    # Bump when a change to this method changes its numbers for unchanged specs: its runs (and only
+    # they) get new run keys and rerun; the default enters no key (docs/adding-a-method.md).
+    version: ClassVar[int] = DEFAULT_METHOD_VERSION
 
     def __init__(self, params: Any):
         self.params = params
@@ -223,6 +220,13 @@ class Method:
         raise NotImplementedError
 
     @classmethod
+    def fresh_predictor(cls, ctx: Context, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
+        """The deployed predictor with fresh weights and its `FitResult.parts` (a `latency_fn` for extra
+        latency variants), for the latency pass that times a recorded run again (kdbench.latency):
+        by default the one student; a method deploying something else overrides it."""
+        return ctx.make_student(), {}
+
+    @classmethod
     def validate(cls, spec: RunSpec, params: Any) -> None:
         """Reject impossible specs early (one clear line). Subclasses extend."""
         if spec.mode not in cls.modes:
@@ -231,7 +235,9 @@ class Method:
         if spec.n_students < 1:
             raise KdbenchError(f"--students must be >= 1, got {spec.n_students}")
         if spec.n_students > 1 and not cls.multi_student:
-            raise KdbenchError(f"method '{cls.name}' trains one student; --students {spec.n_students} is for tcn")
+            multi = ", ".join(sorted(n for n, c in METHODS.items() if c.multi_student)) or "none loaded"
+            raise KdbenchError(f"method '{cls.name}' trains one student; --students {spec.n_students} is for the "
+                               f"methods that train several ({multi})")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import store
 from .augment import check_augmentation
-from .config import CODE_VERSION, RunSpec, check_fields, run_key
+from .config import CODE_VERSION, RunSpec, check_fields, method_identity, run_key
 from .data.base import Splits
 from .engine import accuracy, keep_freed_memory, predict, resolve_device, seed_everything
 from .errors import KdbenchError
@@ -87,7 +87,8 @@ def resolve(spec: RunSpec) -> Resolved:
     canonical = full.to_dict()
     canonical["device"] = resolve_device(spec.device).type  # "auto" -> the device type that will run it
     canonical["optimizer"] = schedule.optimizer
-    key = run_key(canonical)
+    canonical.update(method_identity(cls.version))  # a bumped method version re-keys that method's runs only
+    key = run_key(canonical, label_students=cls.multi_student)
     return Resolved(full, cls, params, schedule, canonical, key, module_teacher_for(full.teacher))
 
 

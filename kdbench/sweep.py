@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import itertools
 import math
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -544,14 +543,3 @@ def summary_table(records: Sequence[Mapping[str, Any]], metric: str = "test_acc_
         table["failed"] = table["failed"].fillna(0).astype(int)
     return table
 
-
-# `kdbench.sweep(...)` (the Python API) and `kdbench.sweep.SweepSpec` (this module) share one name:
-# the module itself is callable, so re-exporting either in kdbench/__init__.py keeps both working.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import sweep as run_sweep
-
-        return run_sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

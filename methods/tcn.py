@@ -208,6 +208,18 @@ class TCN(Method):
         fused: Literal["auto"] | bool = "auto"  # auto: fuse where it is faster (see fuse_students)
 
     @classmethod
+    def fresh_predictor(cls, ctx: Context, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
+        """The students of the teacher's dense chunks, concatenated into the teacher's classifier, with
+        TCN's own latency variants (the latency pass times this again)."""
+        from kdbench.models import dense_view
+
+        view = dense_view(teacher())
+        n = ctx.spec.n_students
+        students = [ctx.make_student(out_features=w, n_students=n) for w in chunk_sizes(view.dim, n)]
+        predictor = TCNPredictor(students, copy.deepcopy(view.classifier)).to(ctx.device).eval()
+        return predictor, {"latency_fn": latency_fn(predictor)}
+
+    @classmethod
     def schedule(cls, spec: RunSpec, params) -> Schedule:
         cifar = (spec.dataset or "").startswith("cifar")
         batch = 256 if cifar else 128

@@ -15,7 +15,8 @@ from kdbench.config import RunSpec
 from kdbench.errors import KdbenchError
 from kdbench.executors import claim, group_jobs, make_job, run_group
 from kdbench.runner import _prepare, build_context, evaluate, execute, execute_seeds, resolve
-from kdbench.seed_fuse import FUSE_MAX_MACS_CPU, Sizer, decide, fuse_mode
+from kdbench.fuse_plan import FUSE_MAX_MACS_CPU, Sizer, decide
+from kdbench.seed_fuse import fuse_mode
 
 TINY = {"dataset": "digits", "epochs": 1, "max_train": 240, "device": "cpu"}
 TEACHER = {"teacher": "plain2", "teacher_recipe": {"epochs": 1, "batch_size": 64}}

@@ -25,6 +25,20 @@ from ..registry import Registry
 from .complexity import count_macs, count_params
 from .students import Cost, image_student, image_student_cost, text_student, text_student_cost
 
+# The paper teacher of each dataset family (docs/methods.md#tcn-teachers); kdbench.teachers trains it, and
+# a dataset in this table is one of kdbench's paper datasets (its auto students follow the paper budgets).
+DEFAULT_TEACHERS = {
+    "mnist": "paper-mnist-teacher",
+    "fashion-mnist": "paper-mnist-teacher",
+    "mnist-5k": "paper-mnist-teacher",
+    "digits": "paper-mnist-teacher",
+    "imdb": "paper-imdb-teacher",
+    "imdb-5k": "paper-imdb-teacher",
+    "sst2": "paper-imdb-teacher",
+    "movie-reviews": "paper-imdb-teacher",
+    "cifar10": "paper-cifar-teacher",
+    "cifar10-jpeg": "paper-cifar-teacher",
+}
 TOLERANCE = 0.05
 MIN_HIDDEN = 8
 
@@ -80,7 +94,6 @@ def budget_rule(dataset: str, modality: str) -> str:
     """How `dataset`'s auto students are sized: its declared rule, else its modality's paper table for
     kdbench's paper datasets (those with a built-in teacher), else "relative"."""
     from ..data.catalogue import family_default
-    from ..teachers import DEFAULT_TEACHERS
 
     declared = family_default(dataset, "student_budget")
     if declared is not None:
