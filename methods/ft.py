@@ -89,6 +89,7 @@ def feature_map_of(model: nn.Module, who: str) -> Callable[[torch.Tensor], torch
 class FT(Method):
     name = "ft"
     description = "factor transfer: paraphraser on teacher feature maps, translator on the student's, L1 on normalised factors"
+    version = 2  # 2: the student trains under the shared lr steps (TAKD-family ResNet students)
 
     @dataclass
     class Params:
