@@ -107,10 +107,12 @@ def full_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _teacher_id(rec: dict[str, Any]) -> str:
-    """Identity of the teacher a run used: its cache key when recorded, else the spec fields that make it."""
+    """Identity of the teacher a run used: its cache key and weights checksum when recorded (one key
+    trained on two machines can give two teachers), else the spec fields that make it."""
     teacher = rec.get("teacher")
     if isinstance(teacher, dict) and teacher.get("key"):  # the runner records the teacher cache key
-        return str(teacher["key"])
+        sha = str(teacher.get("weights_sha256") or "")[:12]
+        return f"{teacher['key']}@{sha}" if sha else str(teacher["key"])
     metrics = rec.get("metrics") or {}
     for k in ("teacher_key", "teacher_id"):
         if metrics.get(k):
