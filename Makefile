@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/kdbench sweep --preset demo --workers 2 --threads 1 --no-latency --out results/demo --report --report-name demo
 	@echo "results: results/demo (records), reports/demo/report.md (tables and plots)"
-	@echo "(a small demo: a few epochs on 4,500 images, below the papers' recipes; see reports/ for full MNIST)"
+	@echo "(a small demo: a few epochs on the 1,797 8x8 digits, below the papers' recipes; see reports/ for full MNIST)"
 
 test: install
 	$(PY) -m pytest -q

@@ -117,6 +117,15 @@ def test_presets_ship_and_parse():
     assert all(r.params == {} for r in takd if r.method != "takd")
 
 
+def test_demo_preset_compares_student_kd_and_tcn_on_shipped_data():
+    runs = plan(SweepSpec.build(preset="demo"), "/nonexistent")
+    cells = {(p.spec.method, p.spec.mode if p.spec.method == "tcn" else None,
+              p.spec.n_students) for p in runs}
+    assert cells == {("student", None, 1), ("kd", None, 1)} | {("tcn", "ff", n) for n in (1, 2, 4, 8)}
+    assert len(runs) == 6 * 3 and {p.spec.seed for p in runs} == {0, 1, 2}
+    assert {p.spec.dataset for p in runs} == {"digits"}  # ships with scikit-learn: nothing to download
+
+
 def test_kdgan_table1_preset_expands_to_the_papers_grid():
     runs = plan(SweepSpec.build(preset="kdgan-table1-mnist"), "/nonexistent")
     cells = {(p.spec.max_train, p.spec.method, p.spec.params.get("variant")) for p in runs}
