@@ -1,7 +1,7 @@
 """The method seam: a method is a small class that declares its hyperparameters and, given a
 `Context`, trains its students with the shared loop and returns a predictor.
 
-Method files live in `methods/` (installed as `kdbench.methods`) and register themselves with
+Method files live in the subpackage `kdbench/methods/` and register themselves with
 `@register_method`; nothing else is edited to add one.
 """
 from __future__ import annotations
@@ -374,7 +374,7 @@ _loaded = False
 
 
 def load_methods() -> Registry[type[Method]]:
-    """Import every module of `kdbench.methods` (the repository's methods/ folder) and any
+    """Import every module of `kdbench.methods` (the kdbench/methods/ folder) and any
     third-party method registered under the `kdbench.methods` entry-point group."""
     global _loaded
     if not _loaded:

@@ -1,5 +1,5 @@
 """The bench package (`kdbench.bench`): core bench modules never import the methods package (TCN's
-benchmarks register from methods/tcn_bench.py), the new `overhead` and `alternative` benchmarks run
+benchmarks register from kdbench/methods/tcn_bench.py), the new `overhead` and `alternative` benchmarks run
 and their equality checks can fail, and `seeds` is the seed-fusion measurement. No test asserts a speed."""
 from __future__ import annotations
 

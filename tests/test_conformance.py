@@ -1,7 +1,7 @@
 """Method conformance: every registered method, in every mode it declares, builds, trains two short
 epochs on a tiny real dataset through `runner.execute`, and writes a valid record.
 
-The parameter list comes from the registry, so a new file in methods/ is checked with no new test code.
+The parameter list comes from the registry, so a new file in kdbench/methods/ is checked with no new test code.
 """
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ Bench = Callable[["Session"], list[BenchRow]]
 
 class BenchRegistry(Registry[Bench]):
     """The benchmarks: kdbench's own (this package) and those a method file registers (a method's
-    benchmarks live next to it, e.g. `methods/tcn_bench.py`; core code never imports a method).
+    benchmarks live next to it, e.g. `kdbench/methods/tcn_bench.py`; core code never imports a method).
     The method files are loaded, through the method registry, on the first read."""
 
     def _read(self) -> dict[str, Bench]:

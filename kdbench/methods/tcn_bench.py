@@ -55,7 +55,7 @@ def bench_fused(s: Session) -> list[BenchRow]:
             # entries whose gradient is ~0 (noise): a few entries may differ, the outcome may not
             checks = {"per-student states equal (atol 1e-4) on >= 99.9% of entries": off <= 1e-3,
                       "per-student feature MSE equal (rel 1e-4)": mse_diff <= 1e-4}
-        else:  # Adam + BN: statistically equal only (see methods/tcn.py)
+        else:  # Adam + BN: statistically equal only (see kdbench/methods/tcn.py)
             checks = {"per-student feature MSE agree (rel 5e-2; gan+Adam is statistical)": mse_diff <= 5e-2}
         repeat_same = all(max_abs_diff(t.fit.last_state, fits[k][0].fit.last_state) == 0.0 for k in fits for t in fits[k])
         checks["repeated fits bit-identical"] = repeat_same
