@@ -123,6 +123,26 @@ def preflight(datasets: Iterable[str], out: str | Path | None, data_root: str | 
         for name in dict.fromkeys(datasets):
             check_dataset(name, data_root)
         check_teacher_inputs(runs, data_root)
+        check_student_scales(runs, data_root)
+
+
+def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> None:
+    """An `auto` student under a `--student-scale` that no width of its family meets fails now, not
+    after the teacher is trained: the budget search is arithmetic, checked once per (dataset, n, scale)."""
+    from .data import load_dataset
+    from .models.budget import budget_rule, check_auto_student
+    from .teachers import default_teacher
+
+    seen: set[tuple] = set()
+    for r in runs:
+        s = r.spec
+        cell = (s.dataset, s.n_students, s.budget, s.student_scale)
+        if s.student != "auto" or s.student_scale == 1 or cell in seen:
+            continue
+        seen.add(cell)
+        spec = load_dataset(s.dataset, data_root, max_train=1).spec
+        check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset, spec.modality),
+                           default_teacher(s.dataset), scale=s.student_scale)
 
 
 def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = None, config: str | Path | None = None,

@@ -154,6 +154,8 @@ BAD = [
     ("run --method kd --student-scale 0", r"--student-scale must be > 0, got 0"),
     ("sweep --method kd --student plain2 --student-scale 0.5", r"student 'plain2' and student_scale .* contradict"),
     ("run --method kd --student plain2 --student-scale 0.5", r"student_scale 0.5 scales the auto .* explicit"),
+    ("sweep --method kd --student-scale 0.0001,1", r"no image-student for \(1, 8, 8\) fits 9 params .*0.0001 x the paper budget"),
+    ("run --method tcn --students 2 --student-scale 0.0001", r"no image-student .* try another --student-scale"),
     ("sweep --method kd --seeds 101 --epochs " + ",".join(map(str, range(1, 101))),
      r"the grid has 10,100 runs, more than the 10,000 .* --yes"),
 ]

@@ -196,19 +196,27 @@ def scaled(budget: Budget, scale: float) -> Budget:
     return Budget(max(1, round(budget.params * scale)), max(2, round(budget.flops * scale)))
 
 
-def auto_student(spec: DataSpec, n_students: int, out_features: int, family: str, rule: str,
-                 teacher: str | None = None, scale: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
-    """The `auto` student of a dataset whose budget rule is `rule`: a paper table's budget, or
-    ("relative") the paper's ratios applied to `teacher` (the dataset's default teacher) on `spec`;
-    either budget times `scale` (1: the paper's size)."""
+def auto_budget(spec: DataSpec, n_students: int, family: str, rule: str, teacher: str | None = None,
+                scale: float = 1.0) -> tuple[Budget, str | None]:
+    """The per-student budget of a dataset's `auto` students: a paper table's (`rule`), or ("relative")
+    the paper's ratios applied to `teacher` (the dataset's default teacher) on `spec`; times `scale`
+    (1: the paper's size). Also the table name when the budget is relative (None otherwise)."""
     if rule != RELATIVE:
-        return budget_student(spec, n_students, out_features, family, table=rule, scale=scale)
+        return scaled(table_budget(family, rule, n_students), scale), None
     table_name = rule_table(rule, spec.modality)
     if table_name is None or teacher is None:
         raise KdbenchError(f"no relative student budget for modality '{spec.modality}' without a teacher; pass --student ARCH")
+    return scaled(relative_budget(model_cost(teacher, spec), n_students, table_name, family), scale), table_name
+
+
+def auto_student(spec: DataSpec, n_students: int, out_features: int, family: str, rule: str,
+                 teacher: str | None = None, scale: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
+    """The `auto` student of a dataset whose budget rule is `rule` (see `auto_budget`)."""
+    if rule != RELATIVE:
+        return budget_student(spec, n_students, out_features, family, table=rule, scale=scale)
+    budget, table_name = auto_budget(spec, n_students, family, rule, teacher, scale)
+    model, info = budget_student(spec, n_students, out_features, family, budget=budget)
     ref = model_cost(teacher, spec)
-    model, info = budget_student(spec, n_students, out_features, family,
-                                 budget=scaled(relative_budget(ref, n_students, table_name, family), scale))
     ratio = table_budget(family, table_name, n_students).params / PAPER_TEACHERS[table_name].params
     times = f" x {scale:g}" if scale != 1 else ""
     info.update(family=family, table=table_name, rule=RELATIVE, reference_teacher=teacher, reference_params=ref.params,
@@ -219,6 +227,17 @@ def auto_student(spec: DataSpec, n_students: int, out_features: int, family: str
     return model, info
 
 
+def check_auto_student(spec: DataSpec, n_students: int, out_features: int, family: str, rule: str,
+                       teacher: str | None = None, scale: float = 1.0) -> None:
+    """Raise the KdbenchError `auto_student` would raise for this budget, without building the model:
+    a preflight check, so that a `--student-scale` no student can meet fails before any training."""
+    budget, _ = auto_budget(spec, n_students, family, rule, teacher, scale)
+    if spec.modality not in FAMILIES:
+        raise KdbenchError(f"no student family for modality '{spec.modality}'")
+    if _best_config(spec, budget, out_features) is None:
+        raise _no_fit(spec, budget, out_features, family, scale)
+
+
 def student_size_warning(student_params: int, teacher_params: int, teacher: str) -> str | None:
     """The warning for a student not smaller than its teacher (None when it is smaller); also warned on stderr."""
     if student_params < teacher_params:
@@ -227,6 +246,26 @@ def student_size_warning(student_params: int, teacher_params: int, teacher: str)
             "pass a smaller --student, or declare the dataset's student_budget")
     warnings.warn(text, StudentSizeWarning, stacklevel=2)
     return text
+
+
+def _best_config(spec: DataSpec, budget: Budget, out_features: int) -> tuple[dict[str, Any], Cost] | None:
+    """The family's candidate within TOLERANCE of the budget's params whose MACs are closest (by
+    ratio) to the budget's, or None when no width fits."""
+    best: tuple[float, dict[str, Any], Cost] | None = None
+    for cfg, cost in FAMILIES[spec.modality].candidates(spec, budget.params, out_features):
+        rel = cost.params / budget.params - 1
+        if abs(rel) > TOLERANCE or cfg["hidden"] < MIN_HIDDEN:
+            continue
+        score = abs(math.log(cost.macs / budget.macs)) + abs(rel)
+        if best is None or score < best[0]:
+            best = (score, cfg, cost)
+    return None if best is None else best[1:]
+
+
+def _no_fit(spec: DataSpec, budget: Budget, out_features: int, family: str, scale: float) -> KdbenchError:
+    at = f" ({scale:g} x the {family} budget: try another --student-scale)" if scale != 1 else ""
+    return KdbenchError(f"no {FAMILIES[spec.modality].model} for {tuple(spec.input_shape)} fits {budget.params:,} params "
+                        f"within {TOLERANCE:.0%} with out_features={out_features}{at}")
 
 
 def budget_student(
@@ -244,21 +283,10 @@ def budget_student(
     if budget is None:
         budget = scaled(table_budget(family, table_name, n_students), scale)
     fam = FAMILIES[spec.modality]
-    best: tuple[float, dict[str, Any], Cost] | None = None
-    for cfg, cost in fam.candidates(spec, budget.params, out_features):
-        rel = cost.params / budget.params - 1
-        if abs(rel) > TOLERANCE or cfg["hidden"] < MIN_HIDDEN:
-            continue
-        score = abs(math.log(cost.macs / budget.macs)) + abs(rel)
-        if best is None or score < best[0]:
-            best = (score, cfg, cost)
+    best = _best_config(spec, budget, out_features)
     if best is None:
-        at = f" ({scale:g} x the {family} budget: try another --student-scale)" if scale != 1 and not explicit else ""
-        raise KdbenchError(
-            f"no {fam.model} for {tuple(spec.input_shape)} fits {budget.params:,} params within "
-            f"{TOLERANCE:.0%} with out_features={out_features}{at}"
-        )
-    _, cfg, _ = best
+        raise _no_fit(spec, budget, out_features, family, 1.0 if explicit else scale)
+    cfg, _ = best
     model = fam.build(spec, out_features=out_features, **cfg)
     params, macs = count_params(model), count_macs(model, spec)
     info = {
