@@ -1,8 +1,8 @@
 """The CI accuracy gate: compare a fresh run of a fixed protocol with a committed baseline.
 
-A cell is (dataset, method, mode, n_students, variant); its seeds are the observations. A cell
-regresses only when BOTH hold: a one-sided Welch t-test says the new mean is below the baseline's
-(p < alpha) AND the drop is larger than a minimum effect in accuracy points. The test alone would
+A cell is `stats.CELL_KEYS` (dataset, method, mode, n_students, variant); its seeds are the
+observations. A cell regresses only when BOTH hold: a one-sided Welch t-test
+(`stats.welch_one_sided`) says the new mean is below the baseline's (p < alpha) AND the drop is larger than a minimum effect in accuracy points. The test alone would
 flag tiny, real-but-irrelevant shifts once the spread is small (a deterministic CPU rerun has
 none); the effect size alone would flag seed noise. With fewer than two seeds on a side there is
 no spread, so only the minimum-effect rule applies, and the report says so.
@@ -23,16 +23,15 @@ import math
 import shutil
 import subprocess
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from scipy import stats as _st
 
 from . import __version__, store
+from .stats import CELL_KEYS, welch_one_sided
 from .config import CODE_VERSION
 from .errors import KdbenchError
 
@@ -42,7 +41,7 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT = 0.5  # accuracy points
 SUMMARY_FILE = store.SUMMARY_FILE  # "summary.json": never read as a record
 SUMMARY_SCHEMA = 1
-CELL_FIELDS = ("dataset", "method", "mode", "n_students", "variant")
+CELL_FIELDS = CELL_KEYS  # the one definition of a cell (stats.py); the committed baseline is keyed by it
 IDENTICAL_NOTE = "identical to the baseline (deterministic CPU rerun)"
 # spec fields that may differ between baseline and rerun without making the protocol a different one
 _PROTOCOL_IGNORED = {"seed", "params_changed"}
@@ -199,22 +198,6 @@ def refuse_invalid(invalid: list[store.Invalid], baseline_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- statistics
-
-def welch_one_sided(new: np.ndarray, base: np.ndarray) -> tuple[float, float]:
-    """One-sided Welch p-values (new < base, new > base); both need n >= 2 per side.
-
-    When neither side varies, the t statistic is undefined (scipy returns NaN): equal means give
-    p = 1 both ways, a difference is certain (p = 0 in its direction)."""
-    if new.std() == 0 and base.std() == 0:
-        if new.mean() == base.mean():
-            return 1.0, 1.0
-        return (0.0, 1.0) if new.mean() < base.mean() else (1.0, 0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        less = float(_st.ttest_ind(new, base, equal_var=False, alternative="less").pvalue)
-        greater = float(_st.ttest_ind(new, base, equal_var=False, alternative="greater").pvalue)
-    return less, greater
-
 
 def compare_cell(cell: Cell, base: CellData, new: CellData, alpha: float, min_effect: float) -> CellResult:
     """Verdict of one cell present on both sides (see the module docstring for the rule)."""

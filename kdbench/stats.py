@@ -1,6 +1,7 @@
 """Statistics over seeds: mean, spread, 95% CI, Welch's t-test against a baseline, Holm correction.
 
-Every number in a report comes with its n; with n < 2 there is no spread, and this module says so
+The one statistics module: reports and the CI gate (`check`) both test with `welch_test`, and both
+group runs into cells by `CELL_KEYS`. Every number in a report comes with its n; with n < 2 there is no spread, and this module says so
 (NaN) instead of inventing one. All tests and intervals are scipy's; only the Holm step-down is
 written here (a dozen lines, no statsmodels dependency).
 """
@@ -17,6 +18,11 @@ from scipy import stats as _st
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # fixed: the same records must give the same report, byte for byte
+
+# the run-spec fields that identify a cell (its seeds are the observations): the CI gate's cells
+# exactly, and the base of a report's cells (which add extra fields, e.g. `max_train`, where they vary)
+CELL_KEYS = ("dataset", "method", "mode", "n_students", "variant")
+ALTERNATIVES = ("two-sided", "less", "greater")
 
 
 def _clean(values: Iterable[Any]) -> np.ndarray:
@@ -74,18 +80,36 @@ def summarize(values: Iterable[Any], confidence: float = CONFIDENCE, bootstrap: 
     return {"mean": mean, "std": std, "n": n, "ci_low": lo, "ci_high": hi}
 
 
-def welch_test(a: Iterable[Any], b: Iterable[Any]) -> dict[str, float]:
-    """Welch's two-sample t-test (unequal variances): t, Welch-Satterthwaite df, two-sided p.
+def welch_test(a: Iterable[Any], b: Iterable[Any], alternative: str = "two-sided") -> dict[str, float]:
+    """Welch's two-sample t-test (unequal variances): t, Welch-Satterthwaite df, and the p-value of
+    `alternative` ("two-sided", or one-sided "less" / "greater": mean of a below / above b's).
 
     NaN when either side has n < 2 or both have zero variance (the test is undefined there)."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"unknown alternative '{alternative}' (known: {', '.join(ALTERNATIVES)})")
     x, y = _clean(a), _clean(b)
     nan = {"t": math.nan, "df": math.nan, "p": math.nan}
     if x.size < 2 or y.size < 2:
         return nan
     if x.var(ddof=1) == 0 and y.var(ddof=1) == 0:
         return nan
-    res = _st.ttest_ind(x, y, equal_var=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = _st.ttest_ind(x, y, equal_var=False, alternative=alternative)
     return {"t": float(res.statistic), "df": float(res.df), "p": float(res.pvalue)}
+
+
+def welch_one_sided(new: Iterable[Any], base: Iterable[Any]) -> tuple[float, float]:
+    """One-sided Welch p-values (new < base, new > base), as the CI gate judges a cell; n >= 2 per side.
+
+    When neither side varies the t statistic is undefined: equal means give p = 1 both ways, a
+    difference is certain (p = 0 in its direction), so a deterministic rerun can still regress."""
+    x, y = _clean(new), _clean(base)
+    if x.size >= 2 and y.size >= 2 and x.var(ddof=1) == 0 and y.var(ddof=1) == 0:
+        if x.mean() == y.mean():
+            return 1.0, 1.0
+        return (0.0, 1.0) if x.mean() < y.mean() else (1.0, 0.0)
+    return welch_test(x, y, "less")["p"], welch_test(x, y, "greater")["p"]
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

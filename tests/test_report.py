@@ -379,7 +379,7 @@ def test_pareto_front():
 
 
 def test_gan_cells_say_which_variant_ran():
-    from kdbench.report.context import gan_variant_notes
+    from kdbench.papers.tcn import gan_variant_notes
 
     df = pd.DataFrame({"method": ["tcn", "tcn", "tcn", "kd"], "mode": ["gan", "gan", "ff", ""],
                        "gan_variant": ["code-faithful", "paper-intent", "code-faithful", None]})

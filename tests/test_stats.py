@@ -148,3 +148,20 @@ def test_auto_decimals_and_format_p():
     assert stats.format_p(0.0004) == "<0.001"
     assert stats.format_p(0.04567) == "0.046"
     assert stats.format_p(float("nan")) == "n/a"
+
+
+def test_welch_one_sided_alternatives_are_scipys_and_the_gate_uses_them():
+    from scipy import stats as st
+
+    from kdbench import check
+
+    a, b = [96.9, 97.1, 97.0], [97.6, 97.9, 97.5, 97.7]
+    for alt in ("less", "greater"):
+        assert stats.welch_test(a, b, alt)["p"] == pytest.approx(st.ttest_ind(a, b, equal_var=False, alternative=alt).pvalue)
+    less, greater = stats.welch_one_sided(a, b)
+    assert less < 0.01 and greater == pytest.approx(1 - less)
+    assert stats.welch_one_sided([1.0, 1.0], [1.0, 1.0]) == (1.0, 1.0)  # no spread, equal means
+    assert stats.welch_one_sided([0.0, 0.0], [1.0, 1.0]) == (0.0, 1.0)  # no spread, a certain drop
+    assert check.welch_one_sided is stats.welch_one_sided and check.CELL_FIELDS == stats.CELL_KEYS
+    with pytest.raises(ValueError, match="unknown alternative"):
+        stats.welch_test(a, b, "lower")

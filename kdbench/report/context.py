@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
+from ..registry import Registry
 from .data import (BASE_KEYS, AccuracyChoice, Results, cell_label, dataset_rank, deviations_of, method_rank,
                    substitutes_of)
 
@@ -72,7 +73,8 @@ class Context:
             lo, hi = int(seeds.min()), int(seeds.max())
             notes.append(f"Seeds per cell: {lo}" + (f" to {hi}" if hi != lo else "") + f"; {len(df)} runs.")
         notes += [f"Dataset substitute: {s}." for s in substitutes_of(df.get("dataset", []))]
-        notes += gan_variant_notes(df)
+        for name in NOTES.names():
+            notes += NOTES.get(name)(df)
         devs = deviations_of(self.results, df.get("run_key", []))
         notes += [f"Deviation: {d}." for d in devs]
         return notes
@@ -80,23 +82,13 @@ class Context:
 
 # ---------------------------------------------------------------------------------- helpers
 
-GAN_VARIANTS = {"code-faithful": "the official Keras code: the student is trained only through the "
-                                 "discriminator, never regressed on its chunk",
-                "paper-intent": "the paper's description: the generator step adds lambda * MSE(student, chunk)"}
-
-
-def gan_variant_notes(df: pd.DataFrame) -> list[str]:
-    """Which TCN GAN variant the `gan` cells ran: the two differ by tens of points on MNIST."""
-    if not len(df) or "gan_variant" not in df.columns or "mode" not in df.columns:
-        return []
-    gan = df[(df["method"] == "tcn") & (df["mode"] == "gan")]
-    counts = gan["gan_variant"].dropna().astype(str).value_counts()
-    return [f"TCN GAN cells: `gan_variant={v}` ({GAN_VARIANTS.get(v, 'see docs/methods.md')}), {c}/{len(gan)} runs."
-            for v, c in sorted(counts.items())]
+Notes = Callable[[pd.DataFrame], list[str]]  # the runs behind a table -> protocol notes about them
+NOTES: Registry[Notes] = Registry("protocol note")  # a paper module adds what its methods' runs need said
 
 
 def sort_cells(frame: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """Rows in report order: dataset, method (teacher first, TCN last), mode, n, variant, extras."""
+    """Rows in report order: dataset, method (teacher first, then by `data.METHOD_DISPLAY` rank), mode, n,
+    variant, extras."""
     if frame.empty:
         return frame
 

@@ -21,15 +21,28 @@ from .. import store
 from ..config import RunSpec
 from ..errors import KdbenchError
 from ..registry import Registry
+from ..stats import CELL_KEYS
 
-# spec columns that identify a cell besides the seed (the base ones always, the extra ones only when
-# they vary inside a base cell, so that runs of different students never share a mean)
-BASE_KEYS = ("dataset", "method", "mode", "n_students", "variant")
+# spec columns that identify a cell besides the seed (the base ones, `stats.CELL_KEYS`, always; the
+# extra ones only when they vary inside a base cell, so that runs of different students never share a mean)
+BASE_KEYS = CELL_KEYS
 EXTRA_KEYS = ("teacher", "student", "budget", "student_scale", "epochs", "max_train")  # cells differ by these when they vary
 
-METHOD_ORDER = ("teacher", "student", "kd", "takd", "kdgan", "ft", "tcn")
-METHOD_LABELS = {"teacher": "Teacher", "student": "Student (no KD)", "kd": "KD", "takd": "TAKD",
-                 "kdgan": "KDGAN", "ft": "FT", "tcn": "TCN"}
+
+@dataclass(frozen=True)
+class MethodDisplay:
+    """How the report shows a method's cells: its label, its place among the rows (lower first; methods
+    without one come last, by name) and whether its label always carries the number of students."""
+
+    label: str
+    rank: int
+    show_n: bool = False
+
+
+# method -> display; "teacher" is the report's own teacher row, the methods' entries come from the
+# paper modules (kdbench/papers/) that compare them
+METHOD_DISPLAY: Registry[MethodDisplay] = Registry("method display")
+METHOD_DISPLAY.add("teacher", MethodDisplay("Teacher", 0))
 DATASET_ORDER = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imdb")
 
 # kdbench dataset name (normalised: lower case, letters and digits only) -> the paper's dataset
@@ -170,21 +183,27 @@ def dataset_rank(name: str) -> tuple[int, str]:
     return (pos, str(name))
 
 
+def _display(method: Any) -> MethodDisplay | None:
+    return METHOD_DISPLAY.get(method) if isinstance(method, str) and method in METHOD_DISPLAY else None
+
+
 def method_rank(method: str, mode: Any = "", n: Any = "") -> tuple:
-    pos = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    shown = _display(method)
+    pos = shown.rank if shown is not None else math.inf
     return (pos, str(method), str(mode), n if isinstance(n, int) else -1)
 
 
 def cell_label(row: dict[str, Any] | pd.Series, extra: tuple[str, ...] = (), with_n: bool | None = None) -> str:
     """Human label of a cell: `TCN GAN (n=4)`, `KD`, plus non-default variant and varying extras."""
     method = _norm_key(row.get("method", ""))
-    label = METHOD_LABELS.get(method, str(method))
+    shown = _display(method)
+    label = shown.label if shown is not None else str(method)
     mode = _norm_key(row.get("mode", ""))
     if mode:
         label += f" {str(mode).upper()}"
     n = _norm_key(row.get("n_students", ""))
     if with_n is None:
-        with_n = method == "tcn" or (isinstance(n, int) and n != 1)
+        with_n = (shown is not None and shown.show_n) or (isinstance(n, int) and n != 1)
     if with_n and n != "":
         label += f" (n={n})"
     tags = [f"{k}={_norm_key(row.get(k))}" for k in extra if _norm_key(row.get(k, "")) != ""]

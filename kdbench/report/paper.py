@@ -1,6 +1,8 @@
 """"Paper vs kdbench": each published number beside kdbench's mean, CI, difference and verdict.
 
-The published numbers ship with the package (`kdbench/reference/*.csv`). A reference row is matched
+The generic machinery only: the row and comparison types, the selectors and values a paper module
+builds its rows from, the registry and the table builder. Each paper's comparisons live with that
+paper in `kdbench/papers/<paper>.py`. The published numbers ship with the package (`kdbench/reference/*.csv`). A reference row is matched
 to kdbench runs of the same (or substitute) dataset and configuration; each matching kdbench cell
 gives one comparison row. Rows whose dataset kdbench never ran are left out; rows of a dataset it
 ran but whose configuration it did not are shown as "not run"."""
@@ -61,14 +63,16 @@ class Comparison:
     family: dict[str, tuple[str, ...]] = field(default_factory=dict)  # paper dataset -> datasets sharing its rows
 
 
-def _num(text: str) -> float:
+def num(text: str) -> float:
+    """A reference CSV cell as a float (NaN when empty or not a number)."""
     try:
         return float(text)
     except (TypeError, ValueError):
         return math.nan
 
 
-def _int(text: str) -> int | None:
+def integer(text: str) -> int | None:
+    """A reference CSV cell as an int (None when empty or not a number)."""
     try:
         return int(float(text))
     except (TypeError, ValueError):
@@ -81,7 +85,8 @@ def _of_paper(df: pd.DataFrame, ds: str, family: tuple[str, ...] = ()) -> pd.Dat
     return df[[paper_dataset(d)[0] in wanted for d in df["dataset"]]]
 
 
-def _method(method: str, mode: str = "", n: int | None = None) -> Select:
+def method_runs(method: str, mode: str = "", n: int | None = None) -> Select:
+    """Runs of one method (and mode, and number of students, when given)."""
     def select(df: pd.DataFrame) -> pd.DataFrame:
         keep = df["method"] == method
         if mode:
@@ -92,25 +97,28 @@ def _method(method: str, mode: str = "", n: int | None = None) -> Select:
     return select
 
 
-def _teacher(df: pd.DataFrame) -> pd.DataFrame:
+def teacher_runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct teacher (a shared cached teacher counts once), shaped as a teacher cell."""
     df = df.drop_duplicates(subset=["dataset", "teacher", "teacher_id"])
     return df.assign(method="teacher", mode="", n_students="", variant="default", student="", budget="",
                      epochs="")
 
 
-def _col(name: str) -> Value:
+def column(name: str) -> Value:
+    """A recorded metric, per run."""
     return lambda df: numeric(df, name)
 
 
-def _list_item(name: str, index: int) -> Value:
+def list_item(name: str, index: int) -> Value:
+    """Item `index` of a list-valued metric (NaN where the list is shorter)."""
     def value(df: pd.DataFrame) -> pd.Series:
         return pd.Series([v[index] if len(v) > index else math.nan for v in list_metric(df, name)],
                          index=df.index, dtype=float)
     return value
 
 
-def _each(list_name: str, name: str) -> Value:
+def each(list_name: str, name: str) -> Value:
+    """Per model: the mean of a per-model list metric, or the whole value for a single model."""
     def value(df: pd.DataFrame) -> pd.Series:
         whole = numeric(df, name)
         return pd.Series([float(np.mean(v)) if v else w for v, w in zip(list_metric(df, list_name), whole)],
@@ -118,199 +126,34 @@ def _each(list_name: str, name: str) -> Value:
     return value
 
 
-def _ratio(num: str, den: str) -> Value:
-    return lambda df: numeric(df, num) / numeric(df, den)
+def ratio(numerator: str, denominator: str) -> Value:
+    """The ratio of two recorded metrics, per run."""
+    return lambda df: numeric(df, numerator) / numeric(df, denominator)
 
 
 # ------------------------------------------------------------------------------------- comparisons
 
 COMPARISONS: Registry[Callable[[Context], Comparison]] = Registry("paper comparison")
+_ORDER: dict[str, int] = {}  # comparison -> its place in the report (a paper module sets it)
+UNORDERED = 10_000  # a comparison registered without an order comes after the others, by name
 
 
-def _acc_fmt(x: float) -> str:
+def comparison(order: int, name: str) -> Callable[[Callable[[Context], Comparison]], Callable[[Context], Comparison]]:
+    """Register a paper comparison under `name`; `order` fixes its place among the comparisons."""
+    def deco(fn: Callable[[Context], Comparison]) -> Callable[[Context], Comparison]:
+        COMPARISONS.add(name, fn)
+        _ORDER[name] = order
+        return fn
+    return deco
+
+
+def acc_fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _sig_fmt(x: float) -> str:
+def sig_fmt(x: float) -> str:
+    """Three significant digits (at most 5 decimals), `n/a` when undefined."""
     return f"{x:.{stats.auto_decimals(x, 3, maximum=5)}f}" if np.isfinite(x) else "n/a"
-
-
-@COMPARISONS.register("tcn_table3")
-def _tcn_table3(ctx: Context) -> Comparison:
-    acc = ctx.accuracy.column
-    rows = []
-    for r in reference("tcn_table3_accuracy").itertuples():
-        ident = {"dataset": r.dataset, "method": r.method, "mode": r.mode, "students": r.n_students}
-        if r.method == "teacher":
-            select, value = _teacher, _col("teacher_test_acc")
-        else:
-            select, value = _method(r.method, r.mode, _int(r.n_students)), _col(acc)
-        rows.append(RefRow(ident, r.dataset, _num(r.test_accuracy_pct), select, value, r.note))
-    return Comparison("paper_tcn_table3", "Paper vs kdbench: TCN Table 3 (test accuracy, %)", rows, _acc_fmt,
-                      [ctx.accuracy_note()])
-
-
-@COMPARISONS.register("tcn_table1")
-def _tcn_table1(ctx: Context) -> Comparison:
-    rows = []
-    for r in reference("tcn_table1_student_mse").itertuples():
-        j = int(r.student)
-        ident = {"dataset": r.dataset, "mode": r.mode, "students": r.n_students, "student": r.student}
-        rows.append(RefRow(ident, r.dataset, _num(r.feature_mse), _method("tcn", r.mode, _int(r.n_students)),
-                           _list_item("feature_mse_per_student", j - 1)))
-    return Comparison("paper_tcn_table1", "Paper vs kdbench: TCN Table 1 (per-student feature MSE)", rows,
-                      _sig_fmt, ["kdbench: `feature_mse_per_student` on val, in chunk order. The paper's feature "
-                                 "scale (teacher, normalisation) may differ from kdbench's."])
-
-
-@COMPARISONS.register("tcn_table2")
-def _tcn_table2(ctx: Context) -> Comparison:
-    acc, acc_nf = ctx.accuracy.column, ctx.accuracy.no_finetune_column
-
-    def tuned(df: pd.DataFrame) -> np.ndarray:
-        flags = df["finetuned"] if "finetuned" in df.columns else pd.Series(False, index=df.index)
-        return flags.map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False).to_numpy(dtype=bool)
-
-    def without(df: pd.DataFrame) -> pd.Series:
-        return pd.Series(np.where(tuned(df), numeric(df, acc_nf), numeric(df, acc)), index=df.index)
-
-    def with_(df: pd.DataFrame) -> pd.Series:
-        return pd.Series(np.where(tuned(df), numeric(df, acc), np.nan), index=df.index)
-
-    rows = []
-    for r in reference("tcn_table2_finetune").itertuples():
-        for what, pub, fn in (("without fine-tuning", r.accuracy_without_finetune_pct, without),
-                              ("with fine-tuning", r.accuracy_with_finetune_pct, with_)):
-            ident = {"dataset": r.dataset, "mode": r.mode, "students": r.n_students, "quantity": what}
-            rows.append(RefRow(ident, r.dataset, _num(pub), _method("tcn", r.mode, _int(r.n_students)), fn, r.note))
-    return Comparison("paper_tcn_table2", "Paper vs kdbench: TCN Table 2 (accuracy with / without fine-tuning, %)",
-                      rows, _acc_fmt, [ctx.accuracy_note()])
-
-
-_TABLE5_N = {"c1": 1, "c2": 2, "c3": 4, "c4": 6, "c5": 8}  # inferred by the reference's note
-
-
-@COMPARISONS.register("tcn_table5")
-def _tcn_table5(ctx: Context) -> Comparison:
-    ref = reference("tcn_table5_inference_time")
-    teacher_s = {r.dataset: _num(r.seconds) for r in ref.itertuples() if r.config == "teacher"}
-    rows = []
-    for r in ref.itertuples():
-        if r.config not in _TABLE5_N or r.dataset not in teacher_s:
-            continue
-        for b in ("b1", "b256"):
-            ident = {"dataset": r.dataset, "config": f"{r.config} (n={_TABLE5_N[r.config]})",
-                     "quantity": f"parallel / teacher time, batch {b[1:]}"}
-            rows.append(RefRow(ident, r.dataset, _num(r.seconds) / teacher_s[r.dataset],
-                               _method("tcn", "", _TABLE5_N[r.config]),
-                               _ratio(f"latency.{b}.parallel", f"latency.{b}.teacher"), r.note))
-    return Comparison("paper_tcn_table5", "Paper vs kdbench: TCN Table 5 (inference time relative to the teacher)",
-                      rows, _sig_fmt,
-                      ["The paper times one student per VM on a cluster (seconds, hardware and batch not given); "
-                       "kdbench's machine differs, so only the ratio to the teacher's time is compared: kdbench's "
-                       "`latency.bX.parallel` / `latency.bX.teacher` per run. Configs c1..c5 = n 1/2/4/6/8 "
-                       "(inferred)."])
-
-
-@COMPARISONS.register("tcn_table6")
-def _tcn_table6(ctx: Context) -> Comparison:
-    quantities = {"params_each": _each("params_per_student", "params"),
-                  "flops_each": _each("flops_per_student", "flops"),
-                  "params_all": _col("params"), "flops_all": _col("flops")}
-    teacher_q = {"params_each": "teacher_params", "flops_each": "teacher_flops", "params_all": "teacher_params",
-                 "flops_all": "teacher_flops"}
-    rows = []
-    for r in reference("tcn_table6_params_flops").itertuples():
-        n = _int(r.n_students)
-        for q, value in quantities.items():
-            ident = {"dataset": r.dataset, "config": r.config, "students": r.n_students, "quantity": q}
-            if r.config == "teacher":
-                select, val = _teacher, _col(teacher_q[q])
-            elif r.config == "single_student":  # the KD student and TCN n=1 (one comparison row per cell)
-                select, val = _single_student, value
-            else:
-                select, val = _method("tcn", "", n), value
-            rows.append(RefRow(ident, r.dataset, _num(getattr(r, q)), select, val, r.note))
-    return Comparison("paper_tcn_table6", "Paper vs kdbench: TCN Table 6 (parameters and FLOPs per sample)", rows,
-                      human_count, ["Counts are deterministic per configuration, so the verdict is `within 5%` "
-                                    "of the published count (the budget rule), not a CI. FLOPs = 2 x MACs. The "
-                                    "paper's MNIST rows also stand for Fashion-MNIST (same architectures)."],
-                      tolerance=0.05, family={"mnist": ("fashion-mnist",)})
-
-
-def _single_student(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["method"].isin(["student", "kd", "tcn"]) & (df["n_students"] == 1)]
-
-
-_TABLE8_N = {"1": 1, "2": 2, "3": 4}  # inferred by the reference's note
-
-
-@COMPARISONS.register("tcn_table8")
-def _tcn_table8(ctx: Context) -> Comparison:
-    rows = []
-    for r in reference("tcn_table8_training_time").itertuples():
-        n = _TABLE8_N.get(r.config_row)
-        if n is None:
-            continue
-        for q, pub, value in (("epochs", r.epochs, _col("epochs_run")),
-                              ("seconds per epoch", r.seconds_per_epoch, _col("epoch_time_s")),
-                              ("seconds per student", r.total_seconds,
-                               _each("train_time_per_student_s", "train_time_s"))):
-            ident = {"dataset": r.dataset, "mode": r.mode, "students": str(n), "quantity": q}
-            rows.append(RefRow(ident, r.dataset, _num(pub), _method("tcn", r.mode, n), value, r.note))
-    return Comparison("paper_tcn_table8", "Paper vs kdbench: TCN Table 8 (training time per student)", rows,
-                      _sig_fmt, ["Paper rows 1/2/3 = n 1/2/4 (inferred); its hardware is not stated, so time "
-                                 "differences mostly measure machines. kdbench: `epochs_run`, `epoch_time_s`, "
-                                 "mean of `train_time_per_student_s`."])
-
-
-@COMPARISONS.register("takd_table1")
-def _takd_table1(ctx: Context) -> Comparison:
-    acc = ctx.accuracy.column
-    rows = []
-    for r in reference("takd_table1").itertuples():
-        roles = dict(part.split("=", 1) for part in r.config.split() if "=" in part)
-        student = roles.get("S", "")
-        for what, method, pub in (("no KD", "student", r.nokd_pct), ("KD", "kd", r.blkd_pct),
-                                  ("TAKD", "takd", r.takd_pct)):
-            ident = {"dataset": r.dataset, "family": r.model_family, "config": r.config, "method": what}
-
-            def select(df: pd.DataFrame, method: str = method, student: str = student) -> pd.DataFrame:
-                return df[(df["method"] == method) & (df["student"] == student)]
-            rows.append(RefRow(ident, r.dataset, _num(pub), select, _col(acc), r.evidence))
-    return Comparison("paper_takd_table1", "Paper vs kdbench: TAKD Table 1 (test accuracy, %)", rows, _acc_fmt,
-                      [ctx.accuracy_note(), "The paper (official code) reported the best test accuracy over "
-                       "epochs; kdbench selects on val, so a lower kdbench value is expected."])
-
-
-# the KDGAN paper's method names -> kdbench's methods ("distn" is Hinton-style distillation)
-_KDGAN_METHODS = {"distn": "kd", "kdgan": "kdgan"}
-_FULL_TRAIN = {"mnist": 60000, "cifar10": 50000}  # a table row of the whole train split matches runs without max_train
-
-
-def _train_images(method: str, images: int | None, dataset: str) -> Select:
-    def select(df: pd.DataFrame) -> pd.DataFrame:
-        sub = numeric(df, "max_train")
-        whole = sub.isna() & (images == _FULL_TRAIN.get(dataset))
-        return df[(df["method"] == method) & ((sub == images) | whole)]
-    return select
-
-
-@COMPARISONS.register("kdgan_table1")
-def _kdgan_table1(ctx: Context) -> Comparison:
-    acc = ctx.accuracy.column
-    rows = []
-    for r in reference("kdgan_table1").itertuples():
-        if r.method not in _KDGAN_METHODS:
-            continue  # baselines kdbench does not implement (gan, mimic, noisy)
-        ident = {"dataset": r.dataset, "train images": r.train_images, "method": r.method}
-        rows.append(RefRow(ident, r.dataset, _num(r.test_accuracy_pct),
-                           _train_images(_KDGAN_METHODS[r.method], _int(r.train_images), r.dataset), _col(acc), r.note))
-    return Comparison("paper_kdgan_table1", "Paper vs kdbench: KDGAN Table 1 (test accuracy, %)", rows, _acc_fmt,
-                      [ctx.accuracy_note(), "DISTN (the paper's Hinton-style baseline) is compared with kdbench's "
-                       "`kd`; each kdgan variant is its own cell. kdbench carves its val split out of the "
-                       "`max_train` images, so it trains on fewer images than the paper's row says. The paper "
-                       "reports the mean of 10 runs (std <= 0.3)."])
 
 
 # ------------------------------------------------------------------------------------- building
@@ -417,13 +260,10 @@ def _verdict(r: dict, tolerance: float | None) -> str:
 
 
 def build_all(ctx: Context) -> list[Table | Skipped]:
-    """Every paper comparison: TCN tables in the paper's reading order, then TAKD, KDGAN, then any other."""
-    names = [n for n in ORDER if n in COMPARISONS] + [n for n in COMPARISONS.names() if n not in ORDER]
+    """Every registered paper comparison, in the order its paper module gave it (kdbench/papers/)."""
+    names = sorted(COMPARISONS.names(), key=lambda n: (_ORDER.get(n, UNORDERED), n))
     return [build(ctx, COMPARISONS.get(n)(ctx)) for n in names]
 
 
-ORDER = ("tcn_table3", "tcn_table1", "tcn_table2", "tcn_table5", "tcn_table6", "tcn_table8", "takd_table1",
-         "kdgan_table1")
-
-
-__all__ = ["COMPARISONS", "Comparison", "RefRow", "build", "build_all", "reference"]
+__all__ = ["COMPARISONS", "Comparison", "RefRow", "acc_fmt", "build", "build_all", "column", "comparison", "each",
+           "integer", "list_item", "method_runs", "num", "ratio", "reference", "sig_fmt", "teacher_runs"]

@@ -1,5 +1,6 @@
 """Figures of a report (matplotlib, Agg canvas, PNG and PDF): accuracy vs parameters with the Pareto
-front, accuracy and training time vs number of students, per-student feature MSE, learning curves.
+front and learning curves, plus the registry and helpers the papers' own figures (kdbench/papers/,
+e.g. TCN's accuracy vs number of students) use.
 
 Figures are drawn on their own `Figure` objects (no pyplot state), and saved without timestamps."""
 from __future__ import annotations
@@ -17,12 +18,23 @@ from matplotlib.figure import Figure as MplFigure
 from .. import stats
 from ..registry import Registry
 from .context import Context, label, sort_cells
-from .data import BASE_KEYS, dataset_rank, list_metric, numeric, varying_extras
+from .data import BASE_KEYS, dataset_rank, numeric, varying_extras
 from .table import Figure
 
 PNG_DPI = 150
 Plotter = Callable[[Context, Path], Figure]
 PLOTS: Registry[Plotter] = Registry("plot")
+_ORDER: dict[str, int] = {}  # plot -> its place in the report
+UNORDERED = 10_000  # a plot registered without an order comes after the others, by name
+
+
+def plot(order: int, name: str) -> Callable[[Plotter], Plotter]:
+    """Register a plot under `name`; `order` fixes its place among the figures."""
+    def deco(fn: Plotter) -> Plotter:
+        PLOTS.add(name, fn)
+        _ORDER[name] = order
+        return fn
+    return deco
 
 
 def save(fig: MplFigure, out_dir: Path, name: str) -> list[str]:
@@ -49,12 +61,12 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
-def _color(i: int) -> tuple:
+def series_color(i: int) -> tuple:
     """tab20 colours: distinct for up to 20 series (the default cycle repeats after 10)."""
     return colormaps["tab20"](i % 20)
 
 
-def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[MplFigure, list]:
+def axes_grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[MplFigure, list]:
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     fig = MplFigure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
@@ -64,7 +76,7 @@ def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[MplFigure, lis
     return fig, axes[:n]
 
 
-def _half(s: pd.Series | dict) -> float:
+def half_width(s: pd.Series | dict) -> float:
     hi = s["ci_high"]
     return float(hi - s["mean"]) if np.isfinite(hi) else 0.0
 
@@ -78,13 +90,13 @@ def log_summary(ctx: Context, df: pd.DataFrame, column: str, keys: list[str]) ->
     return summ
 
 
-def _whiskers(s: pd.Series | dict) -> tuple[float, float]:
+def whiskers(s: pd.Series | dict) -> tuple[float, float]:
     """(below, above) the mean: asymmetric for intervals that are, 0 where there is none (one seed)."""
     lo, hi, mean = float(s["ci_low"]), float(s["ci_high"]), float(s["mean"])
     return (mean - lo if np.isfinite(lo) else 0.0, hi - mean if np.isfinite(hi) else 0.0)
 
 
-@PLOTS.register("acc_vs_params")
+@plot(10, "acc_vs_params")
 def acc_vs_params(ctx: Context, out: Path) -> Figure:
     title = "Accuracy vs parameters (Pareto front)"
     col = ctx.accuracy.column
@@ -97,19 +109,19 @@ def acc_vs_params(ctx: Context, out: Path) -> Figure:
     params = df.assign(_p=numeric(df, "params")).groupby(keys, sort=False)["_p"].mean()
     summ["params"] = [params[tuple(r[k] for k in keys)] for _, r in summ.iterrows()]
     datasets = sorted(set(summ["dataset"]), key=dataset_rank)
-    fig, axes = _grid(len(datasets), 2, (6.0, 4.2))
+    fig, axes = axes_grid(len(datasets), 2, (6.0, 4.2))
     for ax, ds in zip(axes, datasets):
         sub = summ[summ["dataset"] == ds].reset_index(drop=True)
-        pts = [(float(r["params"]), float(r["mean"]), _half(r), label(r, extras)) for _, r in sub.iterrows()]
+        pts = [(float(r["params"]), float(r["mean"]), half_width(r), label(r, extras)) for _, r in sub.iterrows()]
         t = df[df["dataset"] == ds].drop_duplicates(subset=["teacher", "teacher_id"])
         t = t[numeric(t, "teacher_params").notna() & numeric(t, "teacher_test_acc").notna()]
         if len(t):
             s = stats.summarize(numeric(t, "teacher_test_acc"))
-            pts.append((float(numeric(t, "teacher_params").mean()), s["mean"], _half(s), "Teacher"))
+            pts.append((float(numeric(t, "teacher_params").mean()), s["mean"], half_width(s), "Teacher"))
         x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         for i, (px, py, err, name) in enumerate(pts):
             ax.errorbar(px, py, yerr=err, fmt="*" if name == "Teacher" else MARKERS[i % len(MARKERS)],
-                        color=_color(i), capsize=3, markersize=9 if name == "Teacher" else 6, label=name)
+                        color=series_color(i), capsize=3, markersize=9 if name == "Teacher" else 6, label=name)
         front = pareto_front(x, y)
         ax.step(x[front], y[front], where="post", color="0.3", linestyle="--", linewidth=1, label="Pareto front")
         ax.set_xscale("log")
@@ -121,78 +133,6 @@ def acc_vs_params(ctx: Context, out: Path) -> Figure:
     fig.suptitle(f"Accuracy ({'val-best' if ctx.accuracy_name == 'valbest' else 'last'} epoch) vs parameters; "
                  "error bars: 95% CI")
     return Figure("acc_vs_params", title, save(fig, out, "acc_vs_params"))
-
-
-@PLOTS.register("tcn_vs_students")
-def tcn_vs_students(ctx: Context, out: Path) -> Figure:
-    title = "TCN accuracy and training time vs number of students"
-    col = ctx.accuracy.column
-    df = ctx.df[(ctx.df["method"] == "tcn") & numeric(ctx.df, col).notna()]
-    if df.empty:
-        return Figure("tcn_vs_students", title, reason=f"no TCN run records with `{col}`")
-    extras = varying_extras(df)
-    keys = [*BASE_KEYS, *extras]
-    acc = ctx.summary(df, col, keys)
-    tim = log_summary(ctx, df, "train_time_s", keys)
-    datasets = sorted(set(df["dataset"]), key=dataset_rank)
-    fig = MplFigure(figsize=(11.0, 3.8 * len(datasets)), layout="constrained")
-    axes = fig.subplots(len(datasets), 2, squeeze=False)
-    line_keys = [k for k in keys if k not in ("dataset", "n_students")]
-    kd = ctx.df[(ctx.df["method"] == ctx.baseline) & numeric(ctx.df, col).notna()]
-    for (ax_a, ax_t), ds in zip(axes, datasets):
-        for frame, ax in ((acc, ax_a), (tim, ax_t)):
-            sub = frame[frame["dataset"] == ds]
-            for lk, line in sub.groupby(line_keys, sort=False):
-                line = line.sort_values("n_students")
-                name = label(pd.Series(dict(zip(line_keys, lk if isinstance(lk, tuple) else (lk,)))), extras)
-                err = np.array([_whiskers(r) for _, r in line.iterrows()]).T
-                ax.errorbar(line["n_students"].astype(float), line["mean"], yerr=err, marker="o", capsize=3,
-                            label=name)
-            ax.set_xlabel("number of students n")
-            ax.set_xticks(sorted(set(int(v) for v in sub["n_students"])))
-            ax.grid(True, alpha=0.3)
-        k = kd[kd["dataset"] == ds]
-        if len(k):
-            ax_a.axhline(float(numeric(k, col).mean()), color="0.4", linestyle=":", label=f"{ctx.baseline} (mean)")
-        ax_a.set_ylabel("test accuracy (%)")
-        ax_t.set_ylabel("fit wall time (s), geometric mean")
-        ax_t.set_yscale("log")
-        ax_a.set_title(f"{ds}: accuracy")
-        ax_t.set_title(f"{ds}: training time")
-        ax_a.legend(fontsize=7)
-        ax_t.legend(fontsize=7)
-    fig.suptitle("TCN vs number of students; error bars: 95% CI (time: of the geometric mean, from log times)")
-    return Figure("tcn_vs_students", title, save(fig, out, "tcn_vs_students"))
-
-
-@PLOTS.register("feature_mse")
-def feature_mse(ctx: Context, out: Path) -> Figure:
-    title = "Per-student feature MSE (val)"
-    df = ctx.df[ctx.df["method"] == "tcn"]
-    lists = list_metric(df, "feature_mse_per_student")
-    if not any(lists):
-        return Figure("feature_mse", title, reason="no TCN run records with `feature_mse_per_student`")
-    extras = varying_extras(df)
-    keys = [*BASE_KEYS, *extras]
-    rows = [{**{k: r[k] for k in keys}, "student_index": j, "mse": v}
-            for (_, r), vals in zip(df.iterrows(), lists) for j, v in enumerate(vals, start=1)]
-    summ = sort_cells(ctx.summary(pd.DataFrame(rows), "mse", [*keys, "student_index"]), extras)
-    datasets = sorted(set(summ["dataset"]), key=dataset_rank)
-    fig, axes = _grid(len(datasets), 2, (6.0, 4.0))
-    for ax, ds in zip(axes, datasets):
-        sub = summ[summ["dataset"] == ds]
-        for i, (_, line) in enumerate(sub.groupby(keys, sort=False)):
-            line = line.sort_values("student_index")
-            ax.errorbar(line["student_index"], line["mean"], yerr=[_half(r) for _, r in line.iterrows()],
-                        marker=MARKERS[i % len(MARKERS)], color=_color(i), capsize=3,
-                        linestyle="--" if line.iloc[0]["mode"] == "gan" else "-", label=label(line.iloc[0], extras))
-        ax.set_xlabel("student j (chunk order)")
-        ax.set_ylabel("feature MSE")
-        ax.set_title(ds)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Per-student feature MSE on val; error bars: 95% CI")
-    return Figure("feature_mse", title, save(fig, out, "feature_mse"))
 
 
 CURVES = (("val_acc", "val accuracy (%)"), ("val_mse", "val feature MSE"))
@@ -210,7 +150,7 @@ def curve_frame(ctx: Context, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@PLOTS.register("learning_curves")
+@plot(40, "learning_curves")
 def learning_curves(ctx: Context, out: Path) -> Figure:
     title = "Learning curves (val accuracy and feature MSE per epoch)"
     extras = varying_extras(ctx.df)
@@ -230,7 +170,7 @@ def learning_curves(ctx: Context, out: Path) -> Figure:
             for cell, line in have.groupby(keys, sort=False):
                 i = colour[cell]
                 mean = line.groupby("step")[metric].mean()
-                ax.plot(mean.index, mean.to_numpy(), marker=MARKERS[i % len(MARKERS)], markersize=3, color=_color(i),
+                ax.plot(mean.index, mean.to_numpy(), marker=MARKERS[i % len(MARKERS)], markersize=3, color=series_color(i),
                         label=label(pd.Series(dict(zip(keys, cell))), extras))
             ax.set_xlabel("epoch (across a method's stages)")
             ax.set_ylabel(name)
@@ -244,7 +184,7 @@ def learning_curves(ctx: Context, out: Path) -> Figure:
 
 
 def draw_all(ctx: Context, out: Path) -> list[Figure]:
-    """Every registered plot (a plot with no data is returned with its reason, not drawn)."""
-    order = ("acc_vs_params", "tcn_vs_students", "feature_mse", "learning_curves")
-    names = [n for n in order if n in PLOTS] + [n for n in PLOTS.names() if n not in order]
+    """Every registered plot, the papers' own (kdbench/papers/) included, in order (a plot with no data
+    is returned with its reason, not drawn)."""
+    names = sorted(PLOTS.names(), key=lambda n: (_ORDER.get(n, UNORDERED), n))
     return [PLOTS.get(n)(ctx, out) for n in names]

@@ -15,9 +15,9 @@ from matplotlib.figure import Figure as MplFigure
 from .. import stats
 from .context import Context, count_cell, human_count, label, sort_cells
 from .data import BASE_KEYS, dataset_rank, numeric, varying_extras
-from .plots import MARKERS, _color, _whiskers, pareto_front, save
+from .plots import MARKERS, pareto_front, save, series_color, whiskers
 from .table import Figure, Table
-from .tables import _acc_short
+from .tables import acc_short
 
 SIZE = "_params"  # the deployed predictor's parameter count: what "a size" is
 MACS = "_macs"
@@ -81,7 +81,7 @@ def pareto_table(ctx: Context, df: pd.DataFrame, summ: pd.DataFrame, extras: tup
              "Params / MACs: of the deployed predictor (all students and the output layer), per sample; rows "
              "sorted by params. Pareto: no other configuration of the dataset has as few or fewer params (MACs) "
              "and a higher mean accuracy (CIs are not considered; teachers are left out).", *ctx.protocol_notes(df)]
-    return Table("size_pareto", f"Size study: accuracy (%) against params and MACs — {_acc_short(ctx)}", display,
+    return Table("size_pareto", f"Size study: accuracy (%) against params and MACs — {acc_short(ctx)}", display,
                  data, notes)
 
 
@@ -152,7 +152,7 @@ def winner_table(ctx: Context, df: pd.DataFrame) -> Table:
         notes.append(f"At {multi} budget(s) a method ran in more than one configuration (method parameters, epochs): "
                      "the best of them is the best on test, which flatters it; `--select val` keeps each method's "
                      "val-chosen configuration only.")
-    return Table("size_winners", f"Size study: which method wins at which budget — {_acc_short(ctx)}", display,
+    return Table("size_winners", f"Size study: which method wins at which budget — {acc_short(ctx)}", display,
                  out, [*notes, *ctx.protocol_notes(df)])
 
 
@@ -172,9 +172,9 @@ def size_plot(ctx: Context, summ: pd.DataFrame, extras: tuple[str, ...], out: Pa
             for skey, line in have.groupby(series_keys, sort=False):
                 i = colour[skey]
                 line = line.sort_values(xcol)
-                err = np.array([_whiskers(r) for _, r in line.iterrows()]).T
+                err = np.array([whiskers(r) for _, r in line.iterrows()]).T
                 ax.errorbar(line[xcol].astype(float), line["mean"], yerr=err, marker=MARKERS[i % len(MARKERS)],
-                            color=_color(2 * i), capsize=3, label=label(line.iloc[0], series_extras))  # dark tab20 hues
+                            color=series_color(2 * i), capsize=3, label=label(line.iloc[0], series_extras))  # dark tab20 hues
             if len(have):
                 x, y = have[xcol].to_numpy(float), have["mean"].to_numpy(float)
                 front = pareto_front(x, y)
@@ -186,7 +186,7 @@ def size_plot(ctx: Context, summ: pd.DataFrame, extras: tuple[str, ...], out: Pa
             ax.set_title(f"{ds}: accuracy vs {xname}")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=6, loc="best")
-    fig.suptitle(f"Accuracy ({_acc_short(ctx)}) across student sizes; error bars: 95% CI")
+    fig.suptitle(f"Accuracy ({acc_short(ctx)}) across student sizes; error bars: 95% CI")
     return Figure(name, title, save(fig, out, name))
 
 

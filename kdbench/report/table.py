@@ -11,7 +11,7 @@ class Table:
     """One report table. `display` (strings) is rendered to Markdown and LaTeX alike; `data` (tidy
     numbers) goes to CSV; `notes` state the protocol (accuracy used, n, substitutes, deviations)."""
 
-    name: str  # file stem, e.g. "tcn_table3_accuracy"
+    name: str  # file stem, e.g. "summary_accuracy"
     title: str
     display: pd.DataFrame
     data: pd.DataFrame

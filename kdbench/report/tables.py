@@ -1,7 +1,9 @@
-"""kdbench's own tables, mirroring the papers' layouts (TCN Tables 1, 2, 3, 5, 6, 8; TAKD Table 1).
+"""The report's generic tables (accuracy summary, sweep cost, runs, teachers, environment, deviations)
+and the registry and helpers every table builder uses, the papers' own tables included.
 
-Each builder is registered by name with an order; it returns a Table, or a Skipped saying which
-records were missing. Cells hold mean ± spread (n=...) over seeds; the CSV holds the numbers."""
+A paper's tables (e.g. TCN Tables 1-8, TAKD Table 1) live with that paper in `kdbench/papers/`
+and register here with `@table(order, name, title)`. Each builder returns a Table, or a Skipped
+saying which records were missing. Cells hold mean ± spread (n=...) over seeds; the CSV holds the numbers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ import pandas as pd
 
 from .. import stats
 from ..registry import Registry
-from .context import Context, count_cell, label, pivot, sort_cells
+from .context import Context, label, sort_cells
 from .data import BASE_KEYS, dataset_rank, has_values, list_metric, numeric, varying_extras
 from .table import Skipped, Table
 
@@ -42,12 +44,12 @@ def ordered_specs() -> list[TableSpec]:
     return sorted((spec for _, spec in TABLES.items()), key=lambda s: (s.order, s.name))
 
 
-def _keys(df: pd.DataFrame) -> tuple[list[str], tuple[str, ...]]:
+def cell_keys(df: pd.DataFrame) -> tuple[list[str], tuple[str, ...]]:
     extras = varying_extras(df)
     return [*BASE_KEYS, *extras], extras
 
 
-def _data(summ: pd.DataFrame, extras: tuple[str, ...], **columns: object) -> pd.DataFrame:
+def csv_frame(summ: pd.DataFrame, extras: tuple[str, ...], **columns: object) -> pd.DataFrame:
     """CSV frame: the summary plus a `label` column (and any constant columns given)."""
     out = summ.copy()
     out.insert(0, "label", [label(r, extras) for _, r in out.iterrows()])
@@ -56,7 +58,7 @@ def _data(summ: pd.DataFrame, extras: tuple[str, ...], **columns: object) -> pd.
     return out
 
 
-def _datasets(df: pd.DataFrame) -> list[str]:
+def datasets_of(df: pd.DataFrame) -> list[str]:
     return sorted(set(df["dataset"]), key=dataset_rank)
 
 
@@ -89,7 +91,7 @@ def summary_accuracy(ctx: Context) -> Table | Skipped:
     df = ctx.df[numeric(ctx.df, col).notna()]
     if df.empty:
         return Skipped("summary_accuracy", "Accuracy summary", f"no run records with `{col}`")
-    keys, extras = _keys(df)
+    keys, extras = cell_keys(df)
     summ = sort_cells(ctx.summary(df, col, keys, baseline=ctx.baseline), extras)
     display = pd.DataFrame({
         "Dataset": summ["dataset"],
@@ -103,106 +105,21 @@ def summary_accuracy(ctx: Context) -> Table | Skipped:
              f"Δ and p: against the `{ctx.baseline}` cell of the same dataset (the one agreeing on most other "
              f"settings); Welch's t-test, Holm step-down adjustment across all rows of this table; empty where "
              f"there is no baseline or fewer than 2 seeds on a side.", *ctx.protocol_notes(df)]
-    return Table("summary_accuracy", f"Accuracy summary: test accuracy (%) — {_acc_short(ctx)}", display,
-                 _data(summ, extras, accuracy_column=col), notes)
+    return Table("summary_accuracy", f"Accuracy summary: test accuracy (%) — {acc_short(ctx)}", display,
+                 csv_frame(summ, extras, accuracy_column=col), notes)
 
 
-@table(20, "tcn_table3_accuracy", "TCN Table 3: accuracy")
-def tcn_table3(ctx: Context) -> Table | Skipped:
-    col = ctx.accuracy.column
-    df = ctx.df[ctx.df["method"].isin(["student", "kd", "kdgan", "tcn"]) & numeric(ctx.df, col).notna()]
-    if not (df["method"] == "tcn").any():
-        return Skipped("tcn_table3_accuracy", "TCN Table 3 (accuracy)", f"no TCN run records with `{col}`")
-    keys, extras = _keys(df)
-    summ = ctx.summary(df, col, keys, baseline=ctx.baseline)
-    datasets = _datasets(df)
-    teach = teacher_summary(ctx, datasets)
-    both = sort_cells(pd.concat([teach, summ], ignore_index=True) if len(teach) else summ, extras)
-
-    def row_of(r: pd.Series) -> tuple:
-        return (teacher_label(r["teacher"]) if r["method"] == "teacher" else label(r, extras),)
-
-    display = pivot(both, row_of, lambda r: r["dataset"], lambda r: ctx.cell(r, 2, mark=True),
-                    ["Method"], datasets)
-    notes = [ctx.accuracy_note(), ctx.spread_note(), ctx.significance_note(),
-             "Teacher: the recorded `teacher_test_acc`, one observation per distinct teacher (a cached teacher "
-             "shared by runs counts once).", *ctx.protocol_notes(df)]
-    data = _data(both, extras, accuracy_column=col)
-    return Table("tcn_table3_accuracy", f"TCN Table 3: test accuracy (%) — {_acc_short(ctx)}", display, data, notes)
-
-
-def _acc_short(ctx: Context) -> str:
+def acc_short(ctx: Context) -> str:
     return "val-best epoch" if ctx.accuracy_name == "valbest" else "last epoch"
-
-
-@table(30, "tcn_table1_feature_mse", "TCN Table 1: per-student feature MSE")
-def tcn_table1(ctx: Context) -> Table | Skipped:
-    df = ctx.df[ctx.df["method"] == "tcn"]
-    lists = list_metric(df, "feature_mse_per_student")
-    if not any(lists):
-        return Skipped("tcn_table1_feature_mse", "TCN Table 1 (per-student feature MSE)",
-                       "no TCN run records with `feature_mse_per_student`")
-    keys, extras = _keys(df)
-    long_rows = []
-    for (_, r), values, combined in zip(df.iterrows(), lists, numeric(df, "feature_mse")):
-        cell = {k: r[k] for k in keys}
-        long_rows += [{**cell, "student_index": j, "feature_mse": v} for j, v in enumerate(values, start=1)]
-        if np.isfinite(combined):
-            long_rows.append({**cell, "student_index": 0, "feature_mse": float(combined)})
-    long = pd.DataFrame(long_rows)
-    summ = sort_cells(ctx.summary(long, "feature_mse", [*keys, "student_index"]), extras)
-    width = int(summ["student_index"].max())
-    dec = stats.auto_decimals(float(np.nanmedian(summ["mean"])), 3, minimum=3)
-    cols = [f"S{j}" for j in range(1, width + 1)] + ["All"]
-    display = pivot(summ, lambda r: (r["dataset"], label(r, extras)),
-                    lambda r: "All" if r["student_index"] == 0 else f"S{int(r['student_index'])}",
-                    lambda r: ctx.cell(r, dec), ["Dataset", "Configuration"], cols)
-    notes = ["Feature MSE on val between each student's output and its chunk of the teacher's dense "
-             "representation (`feature_mse_per_student`, chunk order); All: `feature_mse`, all students combined.",
-             ctx.spread_note(), *ctx.protocol_notes(df)]
-    data = _data(summ.rename(columns={"student_index": "student"}), extras)
-    return Table("tcn_table1_feature_mse", "TCN Table 1: per-student feature MSE (val)", display, data, notes)
-
-
-@table(40, "tcn_table2_finetune", "TCN Table 2: with and without fine-tuning")
-def tcn_table2(ctx: Context) -> Table | Skipped:
-    col, col_nf = ctx.accuracy.column, ctx.accuracy.no_finetune_column
-    df = ctx.df[ctx.df["method"] == "tcn"].copy()
-    if df.empty or not (has_values(df, col) or has_values(df, col_nf)):
-        return Skipped("tcn_table2_finetune", "TCN Table 2 (fine-tuning)", f"no TCN run records with `{col}`")
-    flags = df["finetuned"] if "finetuned" in df.columns else pd.Series(False, index=df.index)
-    tuned = flags.map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False).to_numpy(dtype=bool)
-    acc, acc_nf = numeric(df, col), numeric(df, col_nf)
-    df["without"] = np.where(tuned, acc_nf, acc)
-    df["with"] = np.where(tuned, acc, np.nan)
-    df["gain"] = df["with"] - df["without"]
-    keys, extras = _keys(df)
-    parts = []
-    for what in ("without", "with", "gain"):
-        s = ctx.summary(df, what, keys)
-        s.insert(len(keys), "quantity", what)
-        parts.append(s)
-    summ = sort_cells(pd.concat(parts, ignore_index=True), extras)
-    heads = {"without": "Without fine-tuning", "with": "With fine-tuning", "gain": "Gain (with − without)"}
-    display = pivot(summ, lambda r: (r["dataset"], label(r, extras)), lambda r: heads[r["quantity"]],
-                    lambda r: ctx.cell(r, 2), ["Dataset", "Configuration"], list(heads.values()))
-    notes = [ctx.accuracy_note() + f" Without fine-tuning: `{col_nf}` (or `{col}` of runs that did not "
-             "fine-tune); with: the fine-tuned output layer (students frozen). Gain: per-run paired difference.",
-             ctx.spread_note(), *ctx.protocol_notes(df)]
-    return Table("tcn_table2_finetune", f"TCN Table 2: accuracy (%) with and without fine-tuning — {_acc_short(ctx)}",
-                 display, _data(summ, extras, accuracy_column=col), notes)
 
 
 # ---------------------------------------------------------------------------------- cost
 
-_LATENCY = (("Teacher", "latency.{b}.teacher"), ("Deployed", "latency_ms_{b}"),
-            ("Sequential", "latency.{b}.sequential"), ("Fused", "latency.{b}.fused"),
-            ("Parallel", "latency.{b}.parallel"))
 OVERSUBSCRIBED = "‡"
 _PHASES = {"train": "training", "latency": "latency"}
 
 
-def _busy_cells(ctx: Context, df: pd.DataFrame, keys: list[str], phase: str) -> dict[tuple, int]:
+def busy_cells(ctx: Context, df: pd.DataFrame, keys: list[str], phase: str) -> dict[tuple, int]:
     """Cells (key tuples) with runs whose `phase` was timed on an oversubscribed machine (the
     record's `env.load.<phase>.oversubscribed`: load average above the CPU count), and how many."""
     def busy(key: str) -> bool:
@@ -214,11 +131,11 @@ def _busy_cells(ctx: Context, df: pd.DataFrame, keys: list[str], phase: str) -> 
     return {(k if isinstance(k, tuple) else (k,)): int(n) for k, n in counts.items() if n}
 
 
-def _flag(text: str, r: pd.Series, keys: list[str], busy: dict[tuple, int]) -> str:
+def flag_busy(text: str, r: pd.Series, keys: list[str], busy: dict[tuple, int]) -> str:
     return f"{text} {OVERSUBSCRIBED}" if tuple(r[k] for k in keys) in busy else text
 
 
-def _busy_note(busy: dict[tuple, int], phase: str) -> list[str]:
+def busy_note(busy: dict[tuple, int], phase: str) -> list[str]:
     if not busy:
         return []
     return [f"{OVERSUBSCRIBED} {sum(busy.values())} run(s) of {len(busy)} cell(s) had their {_PHASES[phase]} timed while "
@@ -233,7 +150,7 @@ def _flags(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column].map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v)).astype(bool)
 
 
-def _latency_note(df: pd.DataFrame) -> str:
+def latency_note(df: pd.DataFrame) -> str:
     """How the latencies behind a table were measured: the quiet pass, inside the runs, or both."""
     quiet = _flags(df, "latency_quiet")
     parts = []
@@ -252,129 +169,12 @@ def _latency_note(df: pd.DataFrame) -> str:
     return "Milliseconds per batch, median of timed forward passes, eval mode: " + "; ".join(parts) + "."
 
 
-@table(50, "tcn_table5_inference_time", "TCN Table 5: inference time")
-def tcn_table5(ctx: Context) -> Table | Skipped:
-    cols = {b: [(head, pat.format(b=b)) for head, pat in _LATENCY] for b in ("b1", "b256")}
-    present = [c for b in cols for _, c in cols[b] if has_values(ctx.df, c)]
-    if not present:
-        return Skipped("tcn_table5_inference_time", "TCN Table 5 (inference time)", "no run records with latency")
-    df = ctx.df[ctx.df[present].apply(pd.to_numeric, errors="coerce").notna().any(axis=1)]
-    keys, extras = _keys(df)
-    parts = []
-    for b, pairs in cols.items():
-        for head, c in pairs:
-            if c not in present:
-                continue
-            s = ctx.summary(df.assign(_v=numeric(df, c)), "_v", keys)
-            s.insert(len(keys), "batch", int(b[1:]))
-            s.insert(len(keys) + 1, "quantity", head)
-            s.insert(len(keys) + 2, "metric", c)
-            parts.append(s)
-    summ = sort_cells(pd.concat(parts, ignore_index=True), (*extras, "batch"))
-    heads = [h for h, _ in _LATENCY if any(summ["quantity"] == h)]
-    busy = _busy_cells(ctx, df, keys, "latency")
-    display = pivot(summ, lambda r: (r["dataset"], label(r, extras), str(r["batch"])), lambda r: r["quantity"],
-                    lambda r: _flag(ctx.cell(r, stats.auto_decimals(r["mean"], 3, maximum=4)), r, keys, busy),
-                    ["Dataset", "Configuration", "Batch"], heads)
-    notes = [_latency_note(df) + " Deployed: "
-             "the method's predictor; TCN sequential: students one after another; fused: one batched computation; "
-             "parallel: max over students (one student per worker, as the paper's one student per VM).",
-             "Timings depend on the machine; see the environment in the appendix.", *_busy_note(busy, "latency"),
-             ctx.spread_note(), *ctx.protocol_notes(df)]
-    return Table("tcn_table5_inference_time", "TCN Table 5: inference time (ms per batch)", display,
-                 _data(summ, extras), notes)
-
-
-def _each(df: pd.DataFrame, list_col: str, col: str) -> list[float]:
+def per_student(df: pd.DataFrame, list_col: str, col: str) -> list[float]:
     """Per-student value of a run: mean of the per-student list, or the deployed value for one model."""
     out = []
     for v, whole in zip(list_metric(df, list_col), numeric(df, col)):
         out.append(float(np.mean(v)) if v else float(whole))
     return out
-
-
-@table(60, "tcn_table6_params_flops", "TCN Table 6: parameters and FLOPs")
-def tcn_table6(ctx: Context) -> Table | Skipped:
-    df = ctx.df[numeric(ctx.df, "params").notna()]
-    if df.empty:
-        return Skipped("tcn_table6_params_flops", "TCN Table 6 (parameters and FLOPs)",
-                       "no run records with `params`")
-    keys, extras = _keys(df)
-    df = df.assign(params_each=_each(df, "params_per_student", "params"),
-                   flops_each=_each(df, "flops_per_student", "flops"),
-                   params_all=numeric(df, "params"), flops_all=numeric(df, "flops"))
-    quantities = ("params_each", "flops_each", "params_all", "flops_all")
-    rows = []
-    teach = df.assign(method="teacher", mode="", n_students="", variant="default")
-    teach = teach[numeric(teach, "teacher_params").notna()]
-    for frame, is_teacher in ((teach, True), (df, False)):
-        group_keys = ["dataset", "teacher"] if is_teacher else keys
-        for key, sub in frame.groupby(group_keys, sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            row = dict(zip(group_keys, key))
-            if is_teacher:
-                row.update(method="teacher", mode="", n_students="", variant="default")
-            row["runs"] = len(sub)
-            for q in quantities:
-                src = "teacher_" + q.split("_")[0] if is_teacher else q
-                v = numeric(sub, src)
-                row[q], row[q + "_min"], row[q + "_max"] = v.mean(), v.min(), v.max()
-                row[q + "_text"] = count_cell(v)
-            rows.append(row)
-    summ = sort_cells(pd.DataFrame(rows), extras)
-    heads = {"params_each": "Params each", "flops_each": "FLOPs each", "params_all": "Params all",
-             "flops_all": "FLOPs all"}
-    display = pd.DataFrame({"Dataset": summ["dataset"],
-                            "Configuration": [(teacher_label(r["teacher"]) if r["method"] == "teacher" else label(r, extras))
-                                              for _, r in summ.iterrows()],
-                            **{h: summ[q + "_text"] for q, h in heads.items()}})
-    notes = ["Per sample, counted with fvcore: FLOPs = 2 x MACs. Each: per student (mean over students when "
-             "they differ); all: the deployed predictor (all students + output layer). A range a–b means runs of "
-             "the cell disagree.", *ctx.protocol_notes(df)]
-    data = summ.drop(columns=[c for c in summ.columns if c.endswith("_text")])
-    return Table("tcn_table6_params_flops", "TCN Table 6: parameters and FLOPs", display,
-                 _data(data, extras), notes)
-
-
-@table(70, "tcn_table8_training_time", "TCN Table 8: training time")
-def tcn_table8(ctx: Context) -> Table | Skipped:
-    df = ctx.df[numeric(ctx.df, "train_time_s").notna()]
-    if df.empty:
-        return Skipped("tcn_table8_training_time", "TCN Table 8 (training time)", "no run records with `train_time_s`")
-    keys, extras = _keys(df)
-    df = df.assign(time_per_student=_each(df, "train_time_per_student_s", "train_time_s"),
-                   flops_each=_each(df, "flops_per_student", "flops"))
-    quantities = {"epochs_run": "Epochs", "epoch_time_s": "Seconds / epoch",
-                  "time_per_student": "Seconds / student", "train_time_s": "Total fit (s)"}
-    parts = []
-    for q in quantities:
-        if not has_values(df, q):
-            continue
-        s = ctx.summary(df.assign(_v=numeric(df, q)), "_v", keys)
-        s.insert(len(keys), "quantity", q)
-        parts.append(s)
-    summ = sort_cells(pd.concat(parts, ignore_index=True), extras)
-    flops = {}
-    for key, sub in df.groupby(keys, sort=False):
-        flops[(key[0], label(pd.Series(dict(zip(keys, key))), extras))] = count_cell(sub["flops_each"])
-
-    busy = _busy_cells(ctx, df, keys, "train")
-
-    def text(r: pd.Series) -> str:
-        if r["quantity"] == "epochs_run":
-            return ctx.cell(r, 1)
-        return _flag(ctx.cell(r, stats.auto_decimals(r["mean"], 3, maximum=3)), r, keys, busy)
-
-    heads = [quantities[q] for q in quantities if (summ["quantity"] == q).any()]
-    display = pivot(summ, lambda r: (r["dataset"], label(r, extras)), lambda r: quantities[r["quantity"]], text,
-                    ["Dataset", "Configuration"], heads)
-    display["FLOPs each"] = [flops.get((d, c), "n/a") for d, c in zip(display["Dataset"], display["Configuration"])]
-    notes = ["Wall time of `method.fit` (teacher training and target caching excluded). Seconds / epoch: mean "
-             "epoch time (TCN: per student-epoch). Seconds / student: mean over students of each student's time "
-             "(the deployed model's time for single-model methods).",
-             "Timings depend on the machine; see the environment in the appendix.", *_busy_note(busy, "train"),
-             ctx.spread_note(), *ctx.protocol_notes(df)]
-    return Table("tcn_table8_training_time", "TCN Table 8: training time", display, _data(summ, extras), notes)
 
 
 @table(75, "sweep_cost", "Where the sweep's time went")
@@ -385,7 +185,7 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
     df = ctx.df[numeric(ctx.df, "wall_s").notna()]
     if df.empty:
         return Skipped("sweep_cost", "Where the sweep's time went", "no run records with start and finish times")
-    keys, extras = _keys(df)
+    keys, extras = cell_keys(df)
     parts = {"train_time_s": "Fit (s)", "targets_time_s": "Targets (s)", "teacher_load_s": "Teacher load (s)"}
     df = df.assign(**{c: numeric(df, c).fillna(0.0) for c in parts}, wall=numeric(df, "wall_s"))
     df = df.assign(rest=(df["wall"] - sum(df[c] for c in parts)).clip(lower=0.0))
@@ -398,10 +198,10 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
     totals = totals.iloc[sorted(range(len(totals)), key=lambda i: dataset_rank(totals["dataset"].iloc[i]))]
     both = pd.concat([summ.assign(label=[label(r, extras) for _, r in summ.iterrows()]), totals], ignore_index=True)
     heads = {"wall": "Wall (s)", **parts, "rest": "Measurement and rest (s)"}
-    busy = _busy_cells(ctx, df, keys, "train")
+    busy = busy_cells(ctx, df, keys, "train")
     display = pd.DataFrame({"Dataset": both["dataset"], "Configuration": both["label"], "Runs": both["runs"].astype(int).astype(str),
                             **{h: both[c].map(fmt) for c, h in heads.items()}})
-    display["Fit (s)"] = [_flag(t, r, keys, busy) if i < len(summ) else t
+    display["Fit (s)"] = [flag_busy(t, r, keys, busy) if i < len(summ) else t
                           for i, (t, (_, r)) in enumerate(zip(display["Fit (s)"], both.iterrows()))]
     once = ", ".join(f"{d} {v:,.0f} s" for d, v in sorted(teacher_train.items()) if v > 0) or "none recorded"
     notes = ["Sums over the runs behind each row. Wall: the record's finish minus start time (1 s resolution); "
@@ -410,34 +210,8 @@ def sweep_cost(ctx: Context) -> Table | Skipped:
              "and writing the record.",
              f"Teacher training, once per distinct teacher and not in the rows: {once}.",
              "Wall times include any time the runs spent waiting for a CPU on a shared machine; see the load "
-             "in the environment appendix.", *_busy_note(busy, "train"), *ctx.protocol_notes(df)]
-    return Table("sweep_cost", "Where the sweep's time went", display, _data(summ, extras), notes)
-
-
-# ---------------------------------------------------------------------------------- TAKD
-
-@table(80, "takd_table1", "TAKD Table 1: no KD / KD / TAKD")
-def takd_table1(ctx: Context) -> Table | Skipped:
-    col = ctx.accuracy.column
-    df = ctx.df[numeric(ctx.df, col).notna()]
-    takd = df[df["method"] == "takd"]
-    if takd.empty:
-        return Skipped("takd_table1", "TAKD Table 1", f"no TAKD run records with `{col}`")
-    pairs = set(zip(takd["dataset"], takd["student"]))
-    df = df[df["method"].isin(["student", "kd", "takd"])]
-    df = df[[(d, s) in pairs for d, s in zip(df["dataset"], df["student"])]]
-    keys, extras = _keys(df)
-    keys = [*keys, *(["student"] if "student" not in keys else [])]
-    extras = tuple(e for e in extras if e != "student")
-    summ = sort_cells(ctx.summary(df, col, keys, baseline=ctx.baseline, match=("dataset", "student")), extras)
-    cols = list(dict.fromkeys(label(r, extras) for _, r in summ.iterrows()))
-    display = pivot(summ, lambda r: (r["dataset"], r["student"]), lambda r: label(r, extras),
-                    lambda r: ctx.cell(r, 2, mark=True), ["Dataset", "Student"], cols)
-    notes = [ctx.accuracy_note(), ctx.spread_note(), ctx.significance_note("same dataset and student"),
-             "Student (no KD): cross-entropy only, same schedule; KD: Hinton from the teacher; TAKD: through the "
-             "assistant chain of the run (`variant` names non-default assistants).", *ctx.protocol_notes(df)]
-    return Table("takd_table1", f"TAKD Table 1: test accuracy (%) — {_acc_short(ctx)}", display,
-                 _data(summ, extras, accuracy_column=col), notes)
+             "in the environment appendix.", *busy_note(busy, "train"), *ctx.protocol_notes(df)]
+    return Table("sweep_cost", "Where the sweep's time went", display, csv_frame(summ, extras), notes)
 
 
 # ---------------------------------------------------------------------------------- overview / appendix
@@ -445,7 +219,7 @@ def takd_table1(ctx: Context) -> Table | Skipped:
 def runs_table(ctx: Context) -> Table:
     """How many runs and which seeds back each configuration."""
     df = ctx.df
-    keys, extras = _keys(df)
+    keys, extras = cell_keys(df)
     rows = []
     for key, sub in df.groupby(keys, sort=False):
         r = dict(zip(keys, key))
@@ -458,7 +232,7 @@ def runs_table(ctx: Context) -> Table:
                             "Runs": summ["runs"].astype(str), "Seeds": summ["seeds"]})
     notes = [f"{len(df)} ok runs" + (f"; {ctx.results.n_failed} failed runs are not counted."
                                      if ctx.results.n_failed else ".")]
-    return Table("runs", "Runs per configuration", display, _data(summ, extras), notes)
+    return Table("runs", "Runs per configuration", display, csv_frame(summ, extras), notes)
 
 
 ENV_KEYS_FIRST = ("kdbench_version", "git_commit", "torch", "cuda", "device", "cpu", "threads", "platform")
