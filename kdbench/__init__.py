@@ -1,6 +1,7 @@
 """kdbench: a benchmark and reproduction suite for knowledge distillation.
 
 Python API (mirrors the CLI): `kdbench.sweep(...)`, `kdbench.run(...)`, `kdbench.load_results(dir)`,
+`kdbench.export_results(dir, "runs.parquet")`,
 `kdbench.create_model(name, spec)`, `kdbench.load_dataset(name)`. Your own data and models
 (docs/extending.md): `kdbench.register_image_dataset(name, read=...)`,
 `kdbench.register_text_dataset(name, read=...)`, `@kdbench.register_dataset(...)`,
@@ -12,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "sweep", "run", "load_results", "create_model", "load_dataset", "register_image_dataset",
+__all__ = ["__version__", "sweep", "run", "load_results", "export_results", "create_model", "load_dataset", "register_image_dataset",
            "register_text_dataset", "register_dataset", "register_model"]
 
 
@@ -50,6 +51,10 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "export_results":
+        from . import store
+
+        return store.export_results
     if name in ("create_model", "register_model"):
         from . import models
 

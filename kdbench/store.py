@@ -7,6 +7,7 @@ that is ignored. Invalid files are returned as `Invalid` (path, reason) for repo
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -335,3 +336,48 @@ def load_results(out_dir: str | Path, include_failed: bool = False) -> pd.DataFr
         warnings.warn(f"{len(invalid)} invalid record file(s) in '{out_dir}' left out: "
                       + "; ".join(invalid_lines(invalid)), stacklevel=2)
     return records_frame(records, include_failed)
+
+
+# ------------------------------------------------------------------------------------- export
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+def output_format(path: str | Path | None, fmt: str | None) -> str:
+    """The format asked for, or the one the file name says; a contradiction is one line."""
+    by_name = FORMATS.get(Path(path).suffix.lower()) if path else None
+    if fmt and by_name and fmt != by_name:
+        raise KdbenchError(f"--format {fmt} contradicts the output file name '{path}' (a {by_name} file)")
+    return fmt or by_name or "parquet"
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """List and mapping cells (per-student metrics) as JSON text: one scalar per cell, as every
+    table format and reader takes it."""
+    def cell(v: Any) -> Any:
+        return json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else v
+
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object and out[col].map(lambda v: isinstance(v, (list, tuple, dict))).any():
+            out[col] = out[col].map(cell)
+    return out.convert_dtypes()  # nullable types: integers stay integers, flags stay flags, with gaps
+
+
+def export_results(records_dir: str | Path, output: str | Path | None = None, fmt: str | None = None,
+                   include_failed: bool = False) -> tuple[Path, pd.DataFrame]:
+    """Write the runs of `records_dir` as one tidy Parquet or CSV table (`fmt`, default from the name of
+    `output`, else parquet; `output` defaults to RECORDS_DIR.parquet / .csv next to it); returns the
+    file and the table written."""
+    folder = results_dir(records_dir)
+    fmt = output_format(output, fmt)
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise KdbenchError("--format parquet needs pyarrow: pip install pyarrow (or use --format csv)")
+    if not read_records(folder)[0]:
+        raise KdbenchError(f"no run records in '{folder}' (give the folder that holds the *.json records)")
+    path = Path(output) if output else folder.absolute().with_name(f"{folder.absolute().name}.{fmt}")
+    table = tidy(load_results(folder, include_failed=include_failed))
+    if fmt == "parquet":
+        atomic_write(path, lambda f: table.to_parquet(f, index=False))
+    else:
+        atomic_write(path, lambda f: f.write(table.to_csv(index=False).encode()))
+    return path, table

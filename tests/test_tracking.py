@@ -287,7 +287,7 @@ RICH = REPO / "results" / "methods-mnist"  # committed records of every method: 
 
 
 def _expected(folder: Path) -> pd.DataFrame:
-    from kdbench.cli.export_cmd import tidy
+    from kdbench.store import tidy
 
     return tidy(load_results(folder))
 
@@ -335,3 +335,11 @@ def test_export_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.parquet").exists()
+
+
+def test_export_is_python_api_too(tmp_path):
+    import kdbench
+
+    path, table = kdbench.export_results(RICH, tmp_path / "all.csv")
+    assert path == tmp_path / "all.csv" and len(table) == len(load_results(RICH))
+    assert list(pd.read_csv(path).columns) == list(table.columns)
