@@ -134,6 +134,11 @@ def test_kdgan_table1_preset_expands_to_the_papers_grid():
                      for m, v in (("student", None), ("kd", None), ("kdgan", "frozen-teacher"), ("kdgan", "three-player"))}
     assert {p.spec.student for p in runs} == {"kdgan-mlp"}
     assert {p.spec.teacher for p in runs if p.spec.method != "student"} == {"kdgan-lenet"}
+    # epochs from the pilot's curves: more passes where an epoch is one or a few Adam steps
+    assert {(p.spec.max_train, p.spec.epochs) for p in runs} == {(100, 200), (1000, 60), (10000, 20)}
+    pilot = plan(SweepSpec.build(preset="kdgan-table1-mnist-pilot"), "/nonexistent")
+    assert {p.spec.epochs for p in pilot} == {20}
+    assert {p.key for p in runs if p.spec.max_train == 10000} <= {p.key for p in pilot}  # converged: shared
 
 
 # ----------------------------------------------------------------------------------- bad input
