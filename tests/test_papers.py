@@ -89,3 +89,17 @@ def test_generic_report_code_names_no_paper():
             if pattern.search(line):
                 bad.append(f"{path.name}:{i}: {line.strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_tcn_comparisons_take_only_runs_at_the_tcn_protocol():
+    """A KDGAN-table run (a max_train subset, KDGAN's MLP student) is not a TCN Table 3 'kd' run."""
+    import pandas as pd
+
+    from kdbench.papers.tcn import _paper_protocol
+
+    df = pd.DataFrame({"method": ["kd", "kd", "kd"], "max_train": [None, 100, None],
+                       "student": ["auto", "auto", "kdgan-mlp"], "run_key": ["full", "subset", "mlp"]})
+    everything = lambda d: d  # noqa: E731
+    assert list(_paper_protocol(everything, teacher_row=False)(df)["run_key"]) == ["full"]
+    assert list(_paper_protocol(everything, teacher_row=True)(df)["run_key"]) == ["full", "mlp"]
+    assert list(_paper_protocol(everything, teacher_row=False)(df.drop(columns="max_train"))["run_key"]) == ["full", "subset"]

@@ -234,8 +234,33 @@ def tcn_table8(ctx: Context) -> Table | Skipped:
 
 
 # ---------------------------------------------------------------------------------- paper vs kdbench
+def _paper_protocol(select, teacher_row: bool):
+    """Only runs on all of the training data, and (but for teacher rows) with the paper-budget `auto`
+    students: a run on a `max_train` subset or with another paper's networks (KDGAN's MLP, say)
+    answers that paper's table, not this one."""
+    def keep(df: pd.DataFrame) -> pd.DataFrame:
+        ok = numeric(df, "max_train").isna() if "max_train" in df else pd.Series(True, index=df.index)
+        if not teacher_row and "student" in df:
+            ok &= df["student"].isin(["auto", ""]) | df["student"].isna()
+        return select(df[ok])
+    return keep
 
-@comparison(10, "tcn_table3")
+
+def tcn_comparison(order: int, name: str):
+    """`comparison`, with every row restricted to the TCN paper's protocol (`_paper_protocol`)."""
+    def deco(fn):
+        def restricted(ctx: Context) -> Comparison:
+            comp = fn(ctx)
+            for row in comp.rows:
+                row.select = _paper_protocol(row.select, row.ident.get("method") == "teacher")
+            return comp
+        comparison(order, name)(restricted)
+        return fn
+    return deco
+
+
+
+@tcn_comparison(10, "tcn_table3")
 def _tcn_table3(ctx: Context) -> Comparison:
     acc = ctx.accuracy.column
     rows = []
@@ -250,7 +275,7 @@ def _tcn_table3(ctx: Context) -> Comparison:
                       [ctx.accuracy_note()])
 
 
-@comparison(20, "tcn_table1")
+@tcn_comparison(20, "tcn_table1")
 def _tcn_table1(ctx: Context) -> Comparison:
     rows = []
     for r in reference("tcn_table1_student_mse").itertuples():
@@ -263,7 +288,7 @@ def _tcn_table1(ctx: Context) -> Comparison:
                                  "scale (teacher, normalisation) may differ from kdbench's."])
 
 
-@comparison(30, "tcn_table2")
+@tcn_comparison(30, "tcn_table2")
 def _tcn_table2(ctx: Context) -> Comparison:
     acc, acc_nf = ctx.accuracy.column, ctx.accuracy.no_finetune_column
 
@@ -290,7 +315,7 @@ def _tcn_table2(ctx: Context) -> Comparison:
 _TABLE5_N = {"c1": 1, "c2": 2, "c3": 4, "c4": 6, "c5": 8}  # inferred by the reference's note
 
 
-@comparison(40, "tcn_table5")
+@tcn_comparison(40, "tcn_table5")
 def _tcn_table5(ctx: Context) -> Comparison:
     ref = reference("tcn_table5_inference_time")
     teacher_s = {r.dataset: num(r.seconds) for r in ref.itertuples() if r.config == "teacher"}
@@ -312,7 +337,7 @@ def _tcn_table5(ctx: Context) -> Comparison:
                        "(inferred)."])
 
 
-@comparison(50, "tcn_table6")
+@tcn_comparison(50, "tcn_table6")
 def _tcn_table6(ctx: Context) -> Comparison:
     quantities = {"params_each": each("params_per_student", "params"),
                   "flops_each": each("flops_per_student", "flops"),
@@ -345,7 +370,7 @@ def _single_student(df: pd.DataFrame) -> pd.DataFrame:
 _TABLE8_N = {"1": 1, "2": 2, "3": 4}  # inferred by the reference's note
 
 
-@comparison(60, "tcn_table8")
+@tcn_comparison(60, "tcn_table8")
 def _tcn_table8(ctx: Context) -> Comparison:
     rows = []
     for r in reference("tcn_table8_training_time").itertuples():
