@@ -46,12 +46,49 @@ class Step:
 
 
 @dataclass
+class Members:
+    """The k members of one trained module (students trained fused) that are selected each on its
+    own: member i on `keys[i]` of each epoch's history row, keeping `state(i)` (in `train_seeds`
+    `state(seed_index, i)`) at its own best epoch, next to the loop's selection on `score_key`."""
+
+    keys: Sequence[str]
+    state: Callable[..., dict[str, Any]]
+
+
+@dataclass
+class MemberBest:
+    """One member's selection: its best score, the epoch of it and its state then."""
+
+    score: float
+    epoch: int
+    state: dict[str, Any]
+
+
+def _select_members(members: Members | None, best: list[MemberBest], row: dict[str, float], epoch: int,
+                    higher_is_better: bool, *seed: int) -> None:
+    """Update each member's best with this epoch's row (ties keep the earlier epoch, as the loop's)."""
+    if members is None:
+        return
+    for i, key in enumerate(members.keys):
+        score = row[key]
+        if epoch == 1 or i >= len(best):
+            best[i:i + 1] = [MemberBest(score, epoch, members.state(*seed, i))]
+        elif score > best[i].score if higher_is_better else score < best[i].score:
+            best[i] = MemberBest(score, epoch, members.state(*seed, i))
+
+
+@dataclass
 class TrainResult:
+    """What the loop hands back: per module name its state at the val-best and at the last epoch
+    (a method's `FitResult.from_train` reads both), the history and the selection."""
+
     history: list[dict[str, float]]
     best_epoch: int
     best_score: float
     best_state: dict[str, dict[str, torch.Tensor]]  # module name -> state_dict at the val-best epoch
     train_time_s: float
+    last_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module name -> state_dict at the end
+    members: list[MemberBest] = field(default_factory=list)  # per member, when `train(members=...)`
 
     def restore_best(self, modules: dict[str, nn.Module]) -> None:
         for name, module in modules.items():
@@ -131,6 +168,7 @@ def train(
     drop_last: bool = False,
     progress: bool | None = None,
     amp: str | None = None,
+    members: Members | None = None,
 ) -> TrainResult:
     """Train `modules` with `steps` for `epochs` over (x, y); validate after each epoch with `evaluate`.
 
@@ -140,70 +178,22 @@ def train(
     drawing from the same seeded generator as the batch order. `on_epoch_end(row)` gets a copy of
     each epoch's history row as soon as it is complete (experiment tracking, kdbench.tracking).
     `amp` ("bf16" / "fp16") runs the losses under autocast; fp16 scales the gradients (one scaler per step).
+    `members` selects the members of a fused module each on its own score (`TrainResult.members`).
     """
     gen = torch.Generator().manual_seed(seed)
-    precision = Precision(amp, x.device.type, len(steps))
-    history: list[dict[str, float]] = []
-    best_score, best_epoch = -math.inf if higher_is_better else math.inf, 0
-    best_state = {name: snapshot(m) for name, m in modules.items()}
-    show = progress_enabled() if progress is None else progress
-    n_batches = math.ceil(len(y) / batch_size)
-    t_start = time.perf_counter()
-    bar = tqdm(total=epochs * n_batches, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
-    try:
-        for epoch in range(1, epochs + 1):
-            if on_epoch_start is not None:
-                on_epoch_start(epoch)
-            for m in modules.values():
-                m.train()
-            t0 = time.perf_counter()
-            sums: dict[str, float] = {}
-            count = 0
-            for batch in iterate_batches(x, y, batch_size, gen, drop_last):
-                if transform is not None:
-                    batch.x = transform(batch.x, gen)
-                for i, step in enumerate(steps):
-                    for _ in range(step.repeat):
-                        with precision.autocast():
-                            losses = step.loss_fn(batch)
-                            total = sum(losses.values())
-                        value = float(total.detach())
-                        if not math.isfinite(value):
-                            bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
-                            raise DivergenceError(epoch, step.name, bad, value)
-                        step.optimizer.zero_grad(set_to_none=True)
-                        precision.step(i, total, step.optimizer)
-                    for k, v in losses.items():
-                        key = f"{step.name}/{k}" if len(steps) > 1 else k
-                        sums[key] = sums.get(key, 0.0) + float(v.detach())
-                count += 1
-                bar.update(1)
-            for s in schedulers:
-                s.step()
-            row: dict[str, float] = {"epoch": epoch, **{k: v / max(count, 1) for k, v in sums.items()}}
-            row["time_s"] = time.perf_counter() - t0
-            if evaluate is not None:
-                for m in modules.values():
-                    m.eval()
-                with torch.inference_mode():
-                    row.update(evaluate())
-                score = row[score_key]
-                better = score > best_score if higher_is_better else score < best_score
-                if better or epoch == 1:
-                    best_score, best_epoch = score, epoch
-                    best_state = {name: snapshot(m) for name, m in modules.items()}
-            else:  # no validation: the last epoch is the selected one
-                best_epoch, best_state = epoch, {name: snapshot(m) for name, m in modules.items()}
-            history.append(row)
-            if on_epoch_end is not None:
-                on_epoch_end(dict(row))
-            log.info("%s epoch %d/%d: %s", desc, epoch, epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
-    finally:
-        bar.close()
-    for m in modules.values():
-        m.eval()
-    return TrainResult(history, best_epoch, best_score, best_state, time.perf_counter() - t_start)
+
+    def batches() -> Iterator[Batch]:
+        for batch in iterate_batches(x, y, batch_size, gen, drop_last):
+            if transform is not None:
+                batch.x = transform(batch.x, gen)
+            yield batch
+
+    state = lambda i: {name: snapshot(m) for name, m in modules.items()}  # noqa: E731
+    evaluate_rows = (lambda: [evaluate()]) if evaluate is not None else None
+    return _loop(steps, modules, batches, math.ceil(len(y) / batch_size), None, Precision(amp, x.device.type, len(steps)),
+                 epochs=epochs, state=state, evaluate=evaluate_rows, score_key=score_key, higher_is_better=higher_is_better,
+                 schedulers=schedulers, on_epoch_start=on_epoch_start, on_epoch_end=[on_epoch_end], desc=desc,
+                 progress=progress, members=members)[0]
 
 
 def seed_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, gens: Sequence[torch.Generator], drop_last: bool,
@@ -238,11 +228,13 @@ def train_seeds(
     drop_last: bool = False,
     progress: bool | None = None,
     amp: str | None = None,
+    members: Members | None = None,
 ) -> list[TrainResult]:
     """`train` for the runs of several seeds at once (seed fusion, kdbench.seed_fuse): `modules` hold
     every seed's copies side by side, each step's `loss_fn(batch)` gets the seeds' batches stacked
     (x (s, B, ...)) and returns per-seed losses of shape (s,), whose sum is minimised; `evaluate()`
-    returns one row per seed and `member_state(i)` seed i's state to keep at its val-best epoch.
+    returns one row per seed and `member_state(i)` seed i's state to keep at its val-best epoch
+    (and at the end: `last_state`); `members` selects each seed's fused members on their own scores.
 
     Each seed keeps its own batch order and augmentation draws (its own generator, seeded as its
     run alone), its own history, val-best epoch and state; the gradient of the summed loss with
@@ -254,72 +246,108 @@ def train_seeds(
     scaler would skip every seed's step when one overflows)."""
     if amp == "fp16":
         raise KdbenchError("seed fusion does not support --amp fp16 (one gradient scaler for all seeds)")
-    s = len(seeds)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    precision = Precision(amp, x.device.type, 0)
-    hooks = list(on_epoch_end) if on_epoch_end is not None else [None] * s
+    hooks = list(on_epoch_end) if on_epoch_end is not None else [None] * len(seeds)
+    return _loop(steps, modules, lambda: seed_batches(x, y, batch_size, gens, drop_last, transform),
+                 math.ceil(len(y) / batch_size), list(seeds), Precision(amp, x.device.type, 0), epochs=epochs,
+                 state=member_state, evaluate=evaluate, score_key=score_key, higher_is_better=higher_is_better,
+                 schedulers=schedulers, on_epoch_start=None, on_epoch_end=hooks, desc=desc, progress=progress,
+                 members=members)
+
+
+def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callable[[], Iterator[Batch]], n_batches: int,
+          seeds: list[int] | None, precision: Precision, *, epochs: int, state: Callable[[int], dict[str, Any]],
+          evaluate: Callable[[], list[dict[str, float]]] | None, score_key: str, higher_is_better: bool,
+          schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler], on_epoch_start: Callable[[int], None] | None,
+          on_epoch_end: Sequence[Callable[[dict[str, float]], None] | None], desc: str, progress: bool | None,
+          members: Members | None) -> list[TrainResult]:
+    """The one loop behind `train` (one run: `seeds` None, losses are scalars) and `train_seeds` (the
+    copies of several seeds side by side: losses of shape (s,), one history, selection and state per
+    seed). `state(i)` is copy i's state to keep; `evaluate()` returns one row per copy."""
+    fused = seeds is not None
+    s = len(seeds) if fused else 1
     history: list[list[dict[str, float]]] = [[] for _ in range(s)]
     best_score = [-math.inf if higher_is_better else math.inf] * s
     best_epoch = [0] * s
-    best_state = [member_state(i) for i in range(s)]
+    best_state = [state(i) for i in range(s)]
+    member_best: list[list[MemberBest]] = [[] for _ in range(s)]
     show = progress_enabled() if progress is None else progress
-    n_batches = math.ceil(len(y) / batch_size)
     t_start = time.perf_counter()
     bar = tqdm(total=epochs * n_batches, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
     try:
         for epoch in range(1, epochs + 1):
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
             for m in modules.values():
                 m.train()
             t0 = time.perf_counter()
-            sums: dict[str, torch.Tensor] = {}
+            sums: dict[str, Any] = {}  # a float per loss (one run) or a (s,) double tensor (seeds)
             count = 0
-            for batch in seed_batches(x, y, batch_size, gens, drop_last, transform):
-                for step in steps:
+            for batch in batches():
+                for i, step in enumerate(steps):
                     for _ in range(step.repeat):
                         with precision.autocast():
                             losses = step.loss_fn(batch)
-                            total = sum(v.sum() for v in losses.values())
-                        per_seed = torch.stack([v.detach().float() for v in losses.values()]).sum(0)
-                        if not bool(torch.isfinite(per_seed).all()):
-                            bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
-                            i = int((~torch.isfinite(per_seed)).nonzero()[0, 0])
-                            raise DivergenceError(epoch, f"{step.name} (seed {seeds[i]})", bad, float(per_seed[i]))
+                            total = sum(v.sum() for v in losses.values()) if fused else sum(losses.values())
+                        _check_finite(losses, total, epoch, step.name, seeds)
                         step.optimizer.zero_grad(set_to_none=True)
-                        total.backward()
-                        step.optimizer.step()
+                        precision.step(i, total, step.optimizer)
                     for k, v in losses.items():
                         key = f"{step.name}/{k}" if len(steps) > 1 else k
-                        sums[key] = sums.get(key, 0.0) + v.detach().double().cpu()
+                        sums[key] = sums.get(key, 0.0) + (v.detach().double().cpu() if fused else float(v.detach()))
                 count += 1
                 bar.update(1)
             for sch in schedulers:
                 sch.step()
             epoch_s = time.perf_counter() - t0
-            rows = [{"epoch": epoch, **{k: float(v[i]) / max(count, 1) for k, v in sums.items()}, "time_s": epoch_s} for i in range(s)]
+            rows = [{"epoch": epoch, **{k: (float(v[i]) if fused else v) / max(count, 1) for k, v in sums.items()},
+                     "time_s": epoch_s} for i in range(s)]
             if evaluate is not None:
                 for m in modules.values():
                     m.eval()
                 with torch.inference_mode():
-                    for row, extra in zip(rows, evaluate()):
+                    for i, (row, extra) in enumerate(zip(rows, evaluate())):
                         row.update(extra)
+                        _select_members(members, member_best[i], row, epoch, higher_is_better, *([i] if fused else []))
             for i, row in enumerate(rows):
                 if evaluate is not None:
                     score = row[score_key]
                     better = score > best_score[i] if higher_is_better else score < best_score[i]
                     if better or epoch == 1:
-                        best_score[i], best_epoch[i], best_state[i] = score, epoch, member_state(i)
-                else:
-                    best_epoch[i], best_state[i] = epoch, member_state(i)
+                        best_score[i], best_epoch[i], best_state[i] = score, epoch, state(i)
+                else:  # no validation: the last epoch is the selected one
+                    best_epoch[i], best_state[i] = epoch, state(i)
                 history[i].append(row)
-                if hooks[i] is not None:
-                    hooks[i](dict(row))
-            log.info("%s epoch %d/%d (%d seeds fused): %.3g s", desc, epoch, epochs, s, epoch_s)
+                if on_epoch_end[i] is not None:
+                    on_epoch_end[i](dict(row))
+            if fused:
+                log.info("%s epoch %d/%d (%d seeds fused): %.3g s", desc, epoch, epochs, s, epoch_s)
+            else:
+                row = rows[0]
+                log.info("%s epoch %d/%d: %s", desc, epoch, epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
     finally:
         bar.close()
     for m in modules.values():
         m.eval()
+    last = [state(i) for i in range(s)]
     took = time.perf_counter() - t_start
-    return [TrainResult(history[i], best_epoch[i], best_score[i], best_state[i], took) for i in range(s)]
+    return [TrainResult(history[i], best_epoch[i], best_score[i], best_state[i], took, last[i], member_best[i]) for i in range(s)]
+
+
+def _check_finite(losses: LossDict, total: torch.Tensor, epoch: int, step: str, seeds: list[int] | None) -> None:
+    """Stop on a non-finite loss (DivergenceError naming the step, the loss and, fused, the seed)."""
+    if seeds is None:
+        value = float(total.detach())
+        if not math.isfinite(value):
+            bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
+            raise DivergenceError(epoch, step, bad, value)
+        return
+    per_seed = torch.stack([v.detach().float() for v in losses.values()]).sum(0)
+    if not bool(torch.isfinite(per_seed).all()):
+        bad = next((k for k, v in losses.items() if not torch.isfinite(v).all()), "total")
+        i = int((~torch.isfinite(per_seed)).nonzero()[0, 0])
+        raise DivergenceError(epoch, f"{step} (seed {seeds[i]})", bad, float(per_seed[i]))
 
 
 @torch.inference_mode()

@@ -130,10 +130,10 @@ class _Timer:
         data = _load_split(r.spec.dataset, r.spec.val_fraction, r.spec.split_seed, r.spec.max_train,
                            str(self.data_root) if self.data_root else None)
         teacher = functools.lru_cache(maxsize=1)(lambda: teacher_model(r.spec, data, device))
-        model, parts = rebuild_predictor(r, data, device, teacher, rec)
+        model, latency_fn = rebuild_predictor(r, data, device, teacher, rec)
         example = data.test.x[:1]
         probe = LoadProbe()
-        metrics, timings = self._time(model, parts, example, device)
+        metrics, timings = self._time(model, latency_fn, example, device)
         if "latency" in metrics and r.method.needs_teacher:  # as in-run: the teacher next to the variants
             tkey = str((rec.get("teacher") or {}).get("key") or r.spec.teacher)
             for b in BATCHES:
@@ -148,7 +148,7 @@ class _Timer:
         kept = {k: v for k, v in (rec.get("metrics") or {}).items() if k not in LATENCY_METRICS}
         return {**rec, "metrics": {**kept, **metrics}, "env": env}
 
-    def _time(self, model: nn.Module, parts: dict[str, Any], example: torch.Tensor,
+    def _time(self, model: nn.Module, extra: Callable[..., dict[str, Any]] | None, example: torch.Tensor,
               device: torch.device) -> tuple[dict[str, Any], dict[str, Timing]]:
         metrics: dict[str, Any] = {}
         timings: dict[str, Timing] = {}
@@ -156,7 +156,6 @@ class _Timer:
             with adaptive_timing(self.rule) as got:
                 metrics[f"latency_ms_b{b}"] = latency_ms(model, example, b, device)
             timings[f"latency_ms_b{b}"] = got[0]
-        extra = parts.get("latency_fn")
         if extra is not None:  # the method's own variants (e.g. sequential / fused / parallel)
             with adaptive_timing(self.rule) as got:
                 metrics["latency"] = extra(example, device)
@@ -214,22 +213,22 @@ def pair_timings(values: dict[str, float], timings: list[Timing]) -> dict[str, T
 # ------------------------------------------------------------------------------------------ rebuilding
 
 def rebuild_predictor(r: Any, data: Any, device: torch.device, teacher: Callable[[], nn.Module],
-                      rec: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+                      rec: dict[str, Any]) -> tuple[nn.Module, Callable[..., dict[str, Any]] | None]:
     """The deployed predictor of resolved run `r`, with fresh weights seeded by the run's seed, and
-    its parts; it must have the record's parameter count (else the pass would time another model)."""
+    its `latency_fn` (or None); it must have the record's parameter count (else the pass would time another model)."""
     from .models import count_params
     from .runner import build_context
 
     ctx = build_context(r, data, device, None, False, {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(r.spec.seed)
-        model, parts = r.method.fresh_predictor(ctx, teacher)  # the method's own deployed form
+        model, latency_fn = r.method.fresh_predictor(ctx, teacher)  # the method's own deployed form
     model.eval()
     want, got = (rec.get("metrics") or {}).get("params"), count_params(model)
     if want is not None and want != got:
         raise KdbenchError(f"the rebuilt {r.spec.method} predictor has {got} parameters, the record {want}: "
                            f"this kdbench cannot rebuild it (the record's code version is {rec.get('code_version')})")
-    return model, parts
+    return model, latency_fn
 
 
 def teacher_model(spec: Any, data: Any, device: torch.device) -> nn.Module:

@@ -95,17 +95,32 @@ class Schedule:
     weight_decay: float = 0.0
 
 
+LatencyFn = Callable[[torch.Tensor, torch.device], dict[str, dict[str, float]]]
+
+
 @dataclass
 class FitResult:
     """What a method hands back: the deployed predictor (input -> logits), its parameters at the last
-    and at the val-best epoch, and the parts the measurements need (e.g. TCN's students)."""
+    and at the val-best epoch, and what the measurements need besides: the students a multi-student
+    predictor is made of (per-student counts) and a `latency_fn` timing its extra deployment
+    variants ((example, device) -> {batch: {variant: ms}}, e.g. TCN's sequential / fused / parallel)."""
 
     predictor: nn.Module
     last_state: dict[str, torch.Tensor]
     valbest_state: dict[str, torch.Tensor]
     history: list[dict[str, Any]] = field(default_factory=list)
-    parts: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    students: list[nn.Module] | None = None
+    latency_fn: LatencyFn | None = None
+
+    @classmethod
+    def from_train(cls, predictor: nn.Module, res: TrainResult, key: str = "model", **kw: Any) -> "FitResult":
+        """The FitResult of a predictor trained as module `key` of one `train` call: its last and
+        val-best states from `res`, the predictor left at the val-best state (as it is deployed) and
+        the loop's history unless `history=` is given."""
+        predictor.load_state_dict(res.best_state[key])
+        kw.setdefault("history", res.history)
+        return cls(predictor, res.last_state[key], res.best_state[key], **kw)
 
 
 @dataclass
@@ -220,11 +235,11 @@ class Method:
         raise NotImplementedError
 
     @classmethod
-    def fresh_predictor(cls, ctx: Context, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
-        """The deployed predictor with fresh weights and its `FitResult.parts` (a `latency_fn` for extra
-        latency variants), for the latency pass that times a recorded run again (kdbench.latency):
+    def fresh_predictor(cls, ctx: Context, teacher: Callable[[], nn.Module]) -> tuple[nn.Module, LatencyFn | None]:
+        """The deployed predictor with fresh weights and its `FitResult.latency_fn` (extra latency
+        variants, or None), for the latency pass that times a recorded run again (kdbench.latency):
         by default the one student; a method deploying something else overrides it."""
-        return ctx.make_student(), {}
+        return ctx.make_student(), None
 
     @classmethod
     def validate(cls, spec: RunSpec, params: Any) -> None:

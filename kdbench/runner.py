@@ -292,7 +292,7 @@ def measure(fit: FitResult, data: Splits, teacher: Teacher | None, device: torch
     m["params"] = count_params(fit.predictor)
     m["macs"] = count_macs(fit.predictor, spec_in)
     m["flops"] = 2 * m["macs"]
-    students = fit.parts.get("students")
+    students = fit.students
     if students:
         m["params_per_student"] = [count_params(s) for s in students]
         m["macs_per_student"] = [count_macs(s, spec_in) for s in students]
@@ -307,7 +307,7 @@ def measure(fit: FitResult, data: Splits, teacher: Teacher | None, device: torch
         example = data.test.x[:1]
         m["latency_ms_b1"] = latency_ms(fit.predictor, example, 1, device)
         m["latency_ms_b256"] = latency_ms(fit.predictor, example, 256, device)
-        extra = fit.parts.get("latency_fn")
+        extra = fit.latency_fn
         if extra is not None:  # method-specific variants (TCN: sequential / fused / parallel)
             m["latency"] = extra(example, device)
             if teacher is not None:

@@ -34,7 +34,7 @@ def _imported_modules(path: Path, package: str = "kdbench.bench") -> list[str]:
 def test_core_bench_modules_import_no_method_module():
     files = sorted(BENCH_DIR.glob("*.py"))
     assert len(files) >= 10  # one module per benchmark, plus the shared ones
-    assert "kdbench.methods.tcn" in _imported_modules(Path(bench.__file__).parents[2] / "methods" / "tcn_bench.py",
+    assert "kdbench.methods.tcn" in _imported_modules(Path(bench.__file__).parents[1] / "methods" / "tcn_bench.py",
                                                     "kdbench.methods")
     for path in files:
         bad = [m for m in _imported_modules(path) if m.split(".")[:2] == ["kdbench", "methods"] or m.split(".")[0] == "methods"]

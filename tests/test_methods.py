@@ -1,8 +1,11 @@
 """Golden-value tests of the losses of student, kd, takd, kdgan and ft, and of the methods' parameter checks.
 
 Expected values are computed independently in the test (plain Python floats / explicit formulas on
-fixed inputs), never by calling the function under test. The methods' own loss closures are reached
-by running `fit` on a context whose `train` captures the steps instead of training.
+fixed inputs), never by calling the function under test. Each method's losses are module-level
+functions (`student.ce_loss`, `kd.hinton_loss`, `ft.ft_loss`, kdgan's `Players`), called here
+directly; how a method wires them into its steps (which stage reads which teacher, which step
+updates which player, which lr steps apply) is reached by running `fit` on a context whose `train`
+captures the steps instead of training.
 """
 from __future__ import annotations
 
@@ -130,23 +133,36 @@ def test_kd_loss_matches_hand_formula_on_fixed_logits():
 
 
 def test_student_method_loss_is_cross_entropy():
-    x, y = torch.tensor(Z_S), torch.tensor(Y)
-    ctx, calls = make_context(x, y, student=Scaled())
-    capture("student", get_method("student").Params(), ctx)
-    losses = calls[0]["steps"][0].loss_fn(Batch(x, y, torch.arange(4)))
+    from kdbench.methods.student import ce_loss
+
+    losses = ce_loss(torch.tensor(Z_S), torch.tensor(Y))
     assert set(losses) == {"ce"}
     assert float(losses["ce"].detach()) == pytest.approx(hand_ce(Z_S, Y), rel=1e-5)
 
 
 def test_kd_method_loss_golden():
+    from kdbench.methods.kd import hinton_loss
+
+    idx = torch.tensor([2, 0])
+    x, y, t = torch.tensor(Z_S)[idx], torch.tensor(Y)[idx], torch.tensor(Z_T)[idx]
+    losses = hinton_loss(x, y, t, alpha=0.7, temperature=2.0)
+    zs, zt, yy = [Z_S[2], Z_S[0]], [Z_T[2], Z_T[0]], [Y[2], Y[0]]
+    assert set(losses) == {"ce", "kd"}
+    assert float(losses["ce"].detach()) == pytest.approx(0.3 * hand_ce(zs, yy), rel=1e-5)
+    assert float(losses["kd"].detach()) == pytest.approx(0.7 * 4.0 * hand_kl(zt, zs, 2.0), rel=1e-5)
+    div = len(Z_S[0])  # reduction 'mean' (TAKD's code-faithful KL): 1/K of batchmean
+    got = hinton_loss(x, y, t, alpha=0.7, temperature=2.0, reduction="mean")["kd"]
+    assert float(got) == pytest.approx(0.7 * 4.0 * hand_kl(zt, zs, 2.0) / div, rel=1e-5)
+
+
+def test_kd_method_reads_the_batch_rows_of_the_teacher_logits():
+    """The wiring: KD's step gives `hinton_loss` the teacher rows of the batch's indices."""
     x, y = torch.tensor(Z_S), torch.tensor(Y)
     ctx, calls = make_context(x, y, teacher_logits=torch.tensor(Z_T), student=Scaled())
-    params = get_method("kd").Params(temperature=2.0, alpha=0.7)
-    capture("kd", params, ctx)
-    idx = torch.tensor([2, 0])  # teacher logits must be looked up by batch.idx
+    capture("kd", get_method("kd").Params(temperature=2.0, alpha=0.7), ctx)
+    idx = torch.tensor([2, 0])
     losses = calls[0]["steps"][0].loss_fn(Batch(x[idx], y[idx], idx))
-    zs, zt, yy = [Z_S[2], Z_S[0]], [Z_T[2], Z_T[0]], [Y[2], Y[0]]
-    assert float(losses["ce"].detach()) == pytest.approx(0.3 * hand_ce(zs, yy), rel=1e-5)
+    zs, zt = [Z_S[2], Z_S[0]], [Z_T[2], Z_T[0]]
     assert float(losses["kd"].detach()) == pytest.approx(0.7 * 4.0 * hand_kl(zt, zs, 2.0), rel=1e-5)
 
 
@@ -406,17 +422,16 @@ def tiny_student():
 
 
 def test_ft_method_loss_golden():
+    from kdbench.methods.ft import Paraphraser, ft_loss, translator
+
     torch.manual_seed(0)
     x = torch.rand(4, 1, 6, 6)
     y = torch.tensor(Y)
     teacher = ConvTeacher().requires_grad_(False).eval()
     student = tiny_student()
-    ctx, calls = make_context(x, y, teacher=teacher, student=student, capture_at=1)
-    capture("ft", get_method("ft").Params(beta=300.0, paraphraser_epochs=1), ctx)
-    para = calls[0]["modules"]["paraphraser"]
-    trans = calls[1]["modules"]["translator"]
-    assert any("pooled" in d for d in ctx.deviations)
-    losses = calls[1]["steps"][0].loss_fn(Batch(x, y, torch.arange(4)))
+    para, trans = Paraphraser(4, 0.5), translator(2, 4, 0.5)
+    losses = ft_loss(student, student.feature_map, trans, para.encoder, teacher.feature_map(x), x, y, 300.0)
+    assert set(losses) == {"ce", "ft"}
     with torch.no_grad():
         ft = trans(student.feature_map(x)).flatten(1)  # (4, 2*4*4)
         fp = para.encoder(teacher.feature_map(x))  # (4, 2, 6, 6) -> pooled to 4x4 by hand below
@@ -445,6 +460,7 @@ def test_ft_student_training_takes_the_shared_resnet_lr_steps():
         [sched.lr_lambdas[0](e) for e in range(4)]
     assert factors == pytest.approx([1.0, 1.0, 0.1, 0.01])
     assert any("lr x1/x0.1/x0.01 at 0/50/75%" in d for d in ctx.deviations)
+    assert any("pooled" in d for d in ctx.deviations)  # the 6x6 teacher factor is pooled to the student's 4x4
     assert not calls[0]["kw"].get("schedulers")  # the paraphraser keeps a fixed lr
 
 

@@ -141,7 +141,11 @@ def test_resumed_group_runs_only_its_missing_members(tmp_path):
     store.record_path(out, lone).unlink()
     again = api.sweep("student", seeds=4, **kw)  # one member missing: it runs alone, equal to its fused self
     assert again.ran == 1 and "seed_fusion" not in records(out)[lone]["env"]
-    assert comparable(records(out)[lone]) == before
+    after = comparable(records(out)[lone])
+    # the weights and every metric are bit-identical; the logged epoch-mean loss is summed per copy
+    # in the fused group, so it matches to float32 rounding only
+    assert after["history"] == [pytest.approx(row, rel=1e-6) for row in before["history"]]
+    assert {k: v for k, v in after.items() if k != "history"} == {k: v for k, v in before.items() if k != "history"}
 
 
 def test_a_held_member_is_left_to_its_holder_and_the_rest_train_fused(tmp_path):

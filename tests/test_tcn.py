@@ -14,7 +14,7 @@ from kdbench.data.base import DataSpec, Split, Splits
 from kdbench.engine import Batch
 from kdbench.errors import KdbenchError
 from kdbench.method import Context, Targets, build_params, get_method
-from kdbench.methods import tcn
+from kdbench.methods import tcn, tcn_gan, tcn_parts
 from kdbench.tcn_fuse import FusedConcat, Single, Stacked, tensors_of
 
 TCN = get_method("tcn")
@@ -89,7 +89,7 @@ def test_chunk_sizes_equal_and_array_split():
     assert tcn.chunk_sizes(256, 1) == [256]
     assert tcn.chunk_sizes(10, 3) == [4, 3, 3]  # numpy.array_split: the first 10 % 3 chunks one wider
     assert tcn.chunk_sizes(256, 6) == [43, 43, 43, 43, 42, 42]
-    assert tcn.chunk_bounds([4, 3, 3]) == [(0, 4), (4, 7), (7, 10)]
+    assert tcn_parts.chunk_bounds([4, 3, 3]) == [(0, 4), (4, 7), (7, 10)]
     assert tcn.chunk_sizes(5, 5) == [1] * 5
 
 
@@ -114,7 +114,7 @@ class ChunkOracle(nn.Module):
 def test_perfect_students_reproduce_teacher_logits_only_in_chunk_order():
     teacher = tiny_teacher(width=8)
     x = torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    bounds = tcn.chunk_bounds(tcn.chunk_sizes(8, 3))
+    bounds = tcn_parts.chunk_bounds(tcn.chunk_sizes(8, 3))
     oracles = [ChunkOracle(teacher, a, b) for a, b in bounds]
     head = copy.deepcopy(teacher[3])
     with torch.no_grad():
@@ -146,20 +146,20 @@ def test_paper_intent_and_code_faithful_g_loss_values():
     adv = -(math.log(sig(0.5)) + math.log(sig(-1.0))) / 2
     mse_out = (1 + 0 + 1 + 4) / 4
     mse_recon = (0.25 + 0.25 + 0 + 1) / 4
-    got = tcn.g_loss(v, recon, out, t, "paper-intent", 0.5)
+    got = tcn_gan.g_loss(v, recon, out, t, "paper-intent", 0.5)
     assert got["bce"].item() == pytest.approx(adv, rel=1e-6)
     assert got["mse"].item() == pytest.approx(0.5 * mse_out, rel=1e-6)
-    got = tcn.g_loss(v, recon, out, t, "code-faithful", 0.5)
+    got = tcn_gan.g_loss(v, recon, out, t, "code-faithful", 0.5)
     assert got["mse"].item() == pytest.approx(mse_recon, rel=1e-6)  # S is never regressed on t directly
-    fake = tcn.d_loss(v, recon, t, real=False)
+    fake = tcn_gan.d_loss(v, recon, t, real=False)
     assert fake["bce"].item() == pytest.approx(-(math.log(1 - sig(0.5)) + math.log(1 - sig(-1.0))) / 2, rel=1e-6)
-    assert tcn.d_loss(v, recon, t, real=True)["bce"].item() == pytest.approx(adv, rel=1e-6)
+    assert tcn_gan.d_loss(v, recon, t, real=True)["bce"].item() == pytest.approx(adv, rel=1e-6)
 
 
 def test_losses_sum_over_students():
     a, b = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
     b[1] *= 2
-    assert tcn.mse_per_student(a, b).tolist() == [1.0, 4.0]
+    assert tcn_parts.mse_per_student(a, b).tolist() == [1.0, 4.0]
 
 
 # ------------------------------------------------------------------------------- GAN step order
@@ -178,14 +178,14 @@ def test_gan_step_order_and_what_each_step_updates(fused, g_step_bn):
     torch.manual_seed(0)
     k, w = (2 if fused else 1), 4
     ss = [nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, w)) for _ in range(k)]
-    ds = [tcn.Discriminator(w) for _ in range(k)]
+    ds = [tcn_gan.Discriminator(w) for _ in range(k)]
     s = Stacked(ss) if fused else Single(ss[0])
     d = Stacked(ds, batched_input=True) if fused else Single(ds[0], batched_input=True)
     s.train(), d.train()
     t_all = torch.randn(16, k, w)
     batch = Batch(torch.randn(16, 6), torch.zeros(16, dtype=torch.long), torch.arange(16))
     opt_s, opt_d = torch.optim.Adam(s.parameters(), 1e-2), torch.optim.Adam(d.parameters(), 1e-2)
-    steps = tcn.gan_steps(s, d, opt_s, opt_d, lambda b: t_all[b.idx].transpose(0, 1), "code-faithful", 1.0, g_step_bn)
+    steps = tcn_gan.gan_steps(s, d, opt_s, opt_d, lambda b: t_all[b.idx].transpose(0, 1), "code-faithful", 1.0, g_step_bn)
     assert [st.name for st in steps] == ["d_real", "d_fake", "g"]
     d_params = {n for n, _ in d.named_parameters()}
     d_stats = {n for n, _ in d.named_buffers() if "running" in n}
@@ -210,7 +210,7 @@ def test_gan_step_order_and_what_each_step_updates(fused, g_step_bn):
 
 
 def test_discriminator_matches_spec():
-    d = tcn.Discriminator(32)
+    d = tcn_gan.Discriminator(32)
     lin = [m for m in d.trunk if isinstance(m, nn.Linear)]
     assert [m.out_features for m in lin] == [64, 128, 256, 512, 1024]
     bns = [m for m in d.trunk if isinstance(m, nn.BatchNorm1d)]
@@ -292,7 +292,7 @@ def test_fit_pairs_student_j_with_chunk_j_and_reports_mse():
     pred = fit.predictor
     pred.load_state_dict(fit.valbest_state)
     feats = teacher_features(ctx.teacher, ctx.data.val.x)
-    bounds = tcn.chunk_bounds([3, 3, 2])
+    bounds = tcn_parts.chunk_bounds([3, 3, 2])
     with torch.no_grad():
         per = [float(((s(ctx.data.val.x) - feats[:, a:b]) ** 2).mean()) for s, (a, b) in zip(pred.students, bounds)]
     assert fit.metrics["chunk_sizes"] == [3, 3, 2]
@@ -310,7 +310,7 @@ def test_fit_pairs_student_j_with_chunk_j_and_reports_mse():
         acc = 100.0 * float((pred(ctx.data.test.x).argmax(1) == ctx.data.test.y).float().mean())
     assert fit.metrics["test_acc_valbest_no_finetune"] == pytest.approx(acc)
     assert fit.metrics["finetuned"] is False
-    assert len(fit.parts["students"]) == 3 and fit.parts["students"][0] is pred.students[0]
+    assert len(fit.students) == 3 and fit.students[0] is pred.students[0]
 
 
 def test_finetune_trains_only_the_head():
@@ -339,7 +339,7 @@ def test_gan_fit_reports_discriminator_probabilities():
 def test_latency_fn_reports_three_variants():
     ctx, method = make_ctx(n=2, epochs=1, finetune=False)
     fit = method.fit(ctx)
-    lat = fit.parts["latency_fn"](ctx.data.test.x[:1], torch.device("cpu"))
+    lat = fit.latency_fn(ctx.data.test.x[:1], torch.device("cpu"))
     assert set(lat) == {"b1", "b256"}
     for row in lat.values():
         assert set(row) == {"sequential", "fused", "parallel"} and all(v > 0 for v in row.values())

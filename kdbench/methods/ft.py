@@ -21,12 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from kdbench.config import RunSpec
-from kdbench.engine import Batch, Step, snapshot
+from kdbench.engine import Batch, Step
 from kdbench.errors import KdbenchError
 from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
 from kdbench.models import place
-
-from .student import default_schedule, lr_steps
+from kdbench.recipes import default_schedule, lr_steps
 
 SLOPE = 0.1
 
@@ -76,6 +75,24 @@ def factor_loss(factor_s: torch.Tensor, factor_t: torch.Tensor) -> torch.Tensor:
     s = F.normalize(factor_s.flatten(1), dim=1)
     t = F.normalize(factor_t.flatten(1), dim=1)
     return F.l1_loss(s, t)
+
+
+def ft_loss(student: nn.Module, student_fm: Callable[[torch.Tensor], torch.Tensor], trans: nn.Module,
+            encoder: nn.Module, teacher_fmap: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+            beta: float) -> dict[str, torch.Tensor]:
+    """Step 2's losses on one batch: the student's CE and beta x the factor L1 between the translator's
+    factor of the student's feature map and the (frozen) paraphraser encoder's of the teacher's."""
+    with torch.no_grad():
+        factor_t = encoder(teacher_fmap)
+    fmap = student_fm(x)
+    logits = student_logits(student, fmap, x)
+    factor_s, factor_t = match_spatial(trans(fmap), factor_t)
+    return {"ce": F.cross_entropy(logits, y), "ft": beta * factor_loss(factor_s, factor_t)}
+
+
+def recon_loss(para: nn.Module, fmap: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Step 1's loss: the paraphraser's L1 reconstruction of a teacher feature map."""
+    return {"recon_l1": F.l1_loss(para(fmap), fmap)}
 
 
 def feature_map_of(model: nn.Module, who: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -133,23 +150,16 @@ class FT(Method):
                                   f"student {tuple(f_s.shape[-2:])}, adaptive average pooling)")
 
         def loss(b: Batch) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                factor_t = para.encoder(ctx.teacher_outputs(b).feature_map)
-            fmap = student_fm(b.x)
-            logits = student_logits(student, fmap, b.x)
-            factor_s, factor_t = match_spatial(trans(fmap), factor_t)
-            return {"ce": F.cross_entropy(logits, b.y), "ft": p.beta * factor_loss(factor_s, factor_t)}
+            return ft_loss(student, student_fm, trans, para.encoder, ctx.teacher_outputs(b).feature_map, b.x, b.y, p.beta)
 
         opt = ctx.optimizer(list(student.parameters()) + list(trans.parameters()))
         res = ctx.train([Step("ft", opt, loss)], {"student": student, "translator": trans},
                         evaluate=lambda: ctx.val_accuracy(student), schedulers=lr_steps([ctx], opt))
-        last = snapshot(student)
-        res.restore_best({"student": student, "translator": trans})
         metrics = {"best_epoch": res.best_epoch, "paraphraser_val_l1": para_res.best_score,
                    "paraphraser_epochs": p.paraphraser_epochs, "paraphraser_time_s": para_res.train_time_s,
                    "teacher_feature_map": list(f_t.shape[1:]), "student_feature_map": list(f_s.shape[1:]),
                    "factor_channels": factor_channels(f_t.shape[1], p.k)}
-        return FitResult(student, last, snapshot(student), res.history, metrics=metrics)
+        return FitResult.from_train(student, res, key="student", metrics=metrics)
 
 
 def student_logits(student: nn.Module, fmap: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -165,8 +175,7 @@ def train_paraphraser(ctx: Context, para: Paraphraser, teacher_fm, x_val: torch.
     """Step 1: L1 reconstruction of frozen teacher feature maps; keep the epoch with the lowest val L1."""
 
     def loss(b: Batch) -> dict[str, torch.Tensor]:
-        f = ctx.teacher_outputs(b).feature_map  # the teacher on this (possibly augmented) batch
-        return {"recon_l1": F.l1_loss(para(f), f)}
+        return recon_loss(para, ctx.teacher_outputs(b).feature_map)  # the teacher on this (possibly augmented) batch
 
     def evaluate() -> dict[str, float]:
         total, n = 0.0, 0

@@ -11,13 +11,19 @@ from kdbench import seed_fuse
 from kdbench.config import RunSpec
 from kdbench.losses import kd_loss
 from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
-
-from .student import cross_entropy_per_copy, default_schedule, fit_seeds_with_loss, fit_with_loss
+from kdbench.recipes import cross_entropy_per_copy, default_schedule, fit_seeds_with_loss, fit_with_loss
 
 
 def kd_loss_per_copy(z: torch.Tensor, t: torch.Tensor, temperature: float, reduction: str) -> torch.Tensor:
     """`kd_loss` of each copy: (s, B, K) student and teacher logits -> (s,); the one KD formula."""
     return torch.stack([kd_loss(zi, ti, temperature, reduction) for zi, ti in zip(z, t)])
+
+
+def hinton_loss(z: torch.Tensor, y: torch.Tensor, t: torch.Tensor, alpha: float, temperature: float,
+                reduction: str = "batchmean") -> dict[str, torch.Tensor]:
+    """KD's named losses on student logits `z`, labels `y` and teacher logits `t`:
+    (1 - alpha) CE and alpha T^2 KL(teacher || student)."""
+    return {"ce": (1 - alpha) * F.cross_entropy(z, y), "kd": alpha * kd_loss(z, t, temperature, reduction)}
 
 
 @register_method
@@ -40,9 +46,7 @@ class KD(Method):
         model = ctx.make_student()
 
         def loss(b):
-            z = model(b.x)
-            return {"ce": (1 - p.alpha) * F.cross_entropy(z, b.y),
-                    "kd": p.alpha * kd_loss(z, ctx.teacher_outputs(b).logits, p.temperature, p.reduction)}
+            return hinton_loss(model(b.x), b.y, ctx.teacher_outputs(b).logits, p.alpha, p.temperature, p.reduction)
 
         return fit_with_loss(ctx, model, loss, self.name)
 

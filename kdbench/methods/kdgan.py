@@ -25,8 +25,7 @@ from kdbench.config import RunSpec
 from kdbench.engine import Batch, Step, snapshot
 from kdbench.errors import KdbenchError
 from kdbench.method import Context, FitResult, Method, Range, Schedule, register_method
-
-from .student import default_schedule
+from kdbench.recipes import default_schedule
 
 
 def disc_score(g_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -197,7 +196,6 @@ class KDGAN(Method):
         steps.append(Step("S", opts["student"], players.s_loss, repeat=p.k_s))
         res = ctx.train(steps, modules, epochs=adv_epochs, evaluate=evaluate, desc="kdgan")
         history += [{"phase": "adversarial", **row, "epoch": row["epoch"] + pre_epochs} for row in res.history]
-        last = snapshot(student)
         best_epoch = res.best_epoch + pre_epochs
         if res.best_score > best:  # ties keep the earlier (pretraining) epoch, like the loop does
             best_state = res.best_state["student"]
@@ -212,4 +210,4 @@ class KDGAN(Method):
         metrics = {"kdgan_variant": p.variant, "best_epoch": best_epoch, "pretrain_epochs": pre_epochs,
                    "adversarial_epochs": adv_epochs, "gumbel_tau_final": players.tau, "k_d": p.k_d,
                    "k_t": 0 if frozen else p.k_t, "k_s": p.k_s}
-        return FitResult(student, last, snapshot(student), history, metrics=metrics)
+        return FitResult(student, res.last_state["student"], best_state, history, metrics=metrics)

@@ -16,15 +16,14 @@ from typing import Annotated, Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from kdbench.config import RunSpec
-from kdbench.engine import Batch, Step, accuracy, predict, snapshot
+from kdbench.engine import Batch, Step, TrainResult, accuracy, predict
 from kdbench.errors import KdbenchError
-from kdbench.losses import kd_loss
 from kdbench.method import BatchTargets, Context, FitResult, Method, Range, Schedule, register_method
+from kdbench.recipes import default_schedule, lr_factor, paper_family, schedule_note
 
-from .student import default_schedule, lr_factor, paper_family, schedule_note
+from .kd import hinton_loss
 
 AUTO = "auto"
 
@@ -111,7 +110,7 @@ class TAKD(Method):
             else:
                 model, label = ctx.make_model(arch), arch
             note_option_a(ctx, model, label)
-            result, last = train_stage(ctx, model, teach, temps[i], alphas[i], reduction, family, p.code_faithful, f"takd[{i}] {label}")
+            result = train_stage(ctx, model, teach, temps[i], alphas[i], reduction, family, p.code_faithful, f"takd[{i}] {label}")
             info = {"stage": i, "arch": label, "temperature": temps[i], "alpha": alphas[i], "params": count(model),
                     "val_acc": result.best_score, "best_epoch": result.best_epoch, "train_time_s": result.train_time_s}
             if not last_stage:  # assistant: its val-best logits (eval mode) teach the next stage
@@ -124,25 +123,23 @@ class TAKD(Method):
         for s in stages[:-1]:
             metrics[f"assistant{s['stage']}_val_acc"] = s["val_acc"]
             metrics[f"assistant{s['stage']}_test_acc"] = s["test_acc"]
-        return FitResult(student, last, snapshot(student), result.history, metrics=metrics)
+        return FitResult.from_train(student, result, metrics=metrics)
 
 
 def train_stage(ctx: Context, model: nn.Module, teach: Callable[[Batch], BatchTargets], temperature: float, alpha: float,
-                reduction: str, family: str | None, code_faithful: bool, desc: str):
-    """One KD stage from `teach(batch).logits`; returns (train result, last-epoch state) and leaves
-    `model` at its val-best state."""
+                reduction: str, family: str | None, code_faithful: bool, desc: str) -> TrainResult:
+    """One KD stage from `teach(batch).logits`; returns the train result and leaves `model` at its
+    val-best state."""
 
     def loss(b):
-        z = model(b.x)
-        return {"ce": (1 - alpha) * F.cross_entropy(z, b.y), "kd": alpha * kd_loss(z, teach(b).logits, temperature, reduction)}
+        return hinton_loss(model(b.x), b.y, teach(b).logits, alpha, temperature, reduction)
 
     opt = ctx.optimizer(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(family, code_faithful, ctx.schedule.epochs))
     res = ctx.train([Step("takd", opt, loss)], {"model": model}, evaluate=lambda: ctx.val_accuracy(model),
                     schedulers=[sched], desc=desc)
-    last = snapshot(model)
     res.restore_best({"model": model})
-    return res, last
+    return res
 
 
 def count(model: nn.Module) -> int:

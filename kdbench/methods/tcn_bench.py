@@ -60,7 +60,7 @@ def bench_fused(s: Session) -> list[BenchRow]:
         repeat_same = all(max_abs_diff(t.fit.last_state, fits[k][0].fit.last_state) == 0.0 for k in fits for t in fits[k])
         checks["repeated fits bit-identical"] = repeat_same
         n_train = min(s.sizes.fused_train, len(setups["fused"].data.train))
-        students = seq.parts["students"]
+        students = seq.students
         auto = "fused" if fuse_students(students, "auto", setups["fused"].data.spec, s.device) else "one after another"
         rows.append(BenchRow(
             f"fused: {mode} n={n} sequential / fused", "sequential", median(times["sequential"]), "fused",
@@ -99,7 +99,7 @@ def bench_efficiency(s: Session) -> list[BenchRow]:
             ctx = s.context(setup, z.eff_train, n_eval=z.eff_eval)
             timed = fit_once(setup, ctx)
             if "per_sample" not in flops:
-                flops["per_sample"] = sum(2 * count_macs(m, ctx.data.spec) for m in timed.fit.parts["students"])
+                flops["per_sample"] = sum(2 * count_macs(m, ctx.data.spec) for m in timed.fit.students)
                 flops["fusion"] = "/".join(sorted(set(timed.fit.metrics["fusion"])))
                 flops["samples"] = len(ctx.data.train)
             work = 3 * flops["per_sample"] * flops["samples"] / 1e9
