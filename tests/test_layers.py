@@ -131,3 +131,17 @@ def test_methods_are_a_plain_subpackage():
 def test_named_layers_go_one_way(low, high):
     """The wrong-way imports docs/design.md §1 listed, now each one way (`high` may import `low`)."""
     assert high not in graph()[low]
+
+
+def test_a_built_wheel_holds_every_subpackage(tmp_path):
+    """An install that is not editable gets every subpackage (methods, papers, ...), not a listed few."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("kdbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("__init__.py")}
+    assert {p for p in packages if f"{p}/__init__.py" not in names} == set()
