@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import store
 from .config import CODE_VERSION, canonical_json
 from .errors import KdbenchError
+from .record import RunRecord
 from .registry import IMPORT_ENV, Registry, import_from_env, worker_modules
 
 try:
@@ -256,12 +257,12 @@ def failed_record(job: Job, exc: BaseException, what: str | None = None) -> dict
 
     r = job.resolved
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return {
-        "run_key": r.key, "status": "failed", "spec": {**r.canonical, "params_changed": params_changed(r.method, r.params)},
-        "error": {"type": type(exc).__name__, "message": what or str(exc) or type(exc).__name__,
-                  "traceback": "".join(traceback.format_exception(exc))[-4000:]},
-        "metrics": {}, "env": environment(), "code_version": CODE_VERSION, "started_at": now, "finished_at": now,
-    }
+    return RunRecord.failed(
+        r.key, {**r.canonical, "params_changed": params_changed(r.method, r.params)},
+        {"type": type(exc).__name__, "message": what or str(exc) or type(exc).__name__,
+         "traceback": "".join(traceback.format_exception(exc))[-4000:]},
+        env=environment(), code_version=CODE_VERSION, started_at=now, finished_at=now,
+    ).to_dict()
 
 
 def _record_failure(job: Job, exc: BaseException, what: str | None = None) -> dict[str, Any]:

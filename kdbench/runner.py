@@ -26,6 +26,7 @@ from .errors import KdbenchError
 from .measure import LoadProbe, environment, latency_ms, peak_cuda_mb, peak_rss_mb
 from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
 from .models.budget import student_size_warning
+from .record import RunRecord
 from .teachers import (FILE_PREFIX, Teacher, checkpoint_teacher, default_recipe, default_teacher, get_teacher,
                        module_teacher_for, teacher_targets)
 from .tracking import Tracking
@@ -397,14 +398,13 @@ def _record(r: Resolved, prep: _Prepared, ctx: Context, fit: FitResult, train_ti
     warned = list(teacher.info.get("warnings", [])) if teacher else []
     if teacher is not None:  # once per run, in the record and on stderr
         warned += [w for w in [student_size_warning(metrics["params"], metrics["teacher_params"], teacher.arch)] if w]
-    return {
-        "run_key": r.key, "status": "ok", "spec": record_spec(r),
-        "metrics": metrics, "history": fit.history, "deviations": deviations,
-        "data": {k: v for k, v in data.info.items() if k != "deviations"},
-        "teacher": {"key": teacher.key, **{k: v for k, v in teacher.info.items() if k != "metrics"}} if teacher else None,
-        **({"warnings": warned} if warned else {}),
-        "env": {**environment(device), **speed_settings(r.spec, device), "load": load, **(env or {})}, "code_version": CODE_VERSION,
-    }
+    return RunRecord.ok(
+        r.key, record_spec(r), metrics, history=fit.history, deviations=deviations,
+        data={k: v for k, v in data.info.items() if k != "deviations"},
+        teacher={"key": teacher.key, **{k: v for k, v in teacher.info.items() if k != "metrics"}} if teacher else None,
+        warnings=warned,
+        env={**environment(device), **speed_settings(r.spec, device), "load": load, **(env or {})}, code_version=CODE_VERSION,
+    ).to_dict()
 
 
 def execute_seeds(rs: list[Resolved], out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,
@@ -511,12 +511,12 @@ def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None 
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record
-        record = {
-            "run_key": r.key, "status": "failed", "spec": record_spec(r),
-            "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20),
-                      **({"epoch": exc.epoch} if hasattr(exc, "epoch") else {})},
-            "metrics": {}, "env": {**environment(), **(env or {})}, "code_version": CODE_VERSION,
-        }
+        record = RunRecord.failed(
+            r.key, record_spec(r),
+            {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20),
+             **({"epoch": exc.epoch} if hasattr(exc, "epoch") else {})},
+            env={**environment(), **(env or {})}, code_version=CODE_VERSION,
+        ).to_dict()
     record["started_at"] = started
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     store.write_record(Path(out_dir), record)

@@ -3,7 +3,9 @@
 A record is only ever read as a result when it parsed completely, validates against its schema
 (typed fields, schema version, a run key that names its file and hashes its spec) and says
 `status == "ok"`; a kill at any moment leaves either the old file, the new file, or a stray temporary
-that is ignored. Invalid files are returned as `Invalid` (path, reason) for reports to list.
+that is ignored. Invalid files are returned as `Invalid` (path, reason) for reports to list. A record
+of a newer kdbench (a `schema` above `record.SCHEMA_VERSION`) is `Newer`: skipped with one warning,
+counted nowhere, never listed as invalid and never rerun over (the file is left as it is).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import pandas as pd
 from .config import LATE_FIELDS, RunSpec, run_key
 from .errors import KdbenchError
 from .fields import result_columns
+from .record import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 RECORD_SUFFIX = ".json"
 SUMMARY_FILE = "summary.json"  # the gate's baseline summary, kept beside its records: not a record
 # spec fields promoted to DataFrame columns (one row per run): the field table's `column` fields
@@ -107,6 +109,20 @@ class Invalid:
 
     def __str__(self) -> str:
         return f"{self.path.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Newer(Invalid):
+    """A record written by a newer kdbench (its `schema` is above `SCHEMA_VERSION`): this kdbench cannot
+    read it, so it is skipped with one warning and left as it is: not listed, not counted, not rerun."""
+
+    schema: int
+
+
+def _newer_schema(rec: Any) -> int | None:
+    """The record's schema when it is a newer one than this kdbench reads (None otherwise)."""
+    schema = rec.get("schema") if isinstance(rec, dict) else None
+    return schema if type(schema) is int and schema > SCHEMA_VERSION else None
 
 
 class _Bad(Exception):
@@ -218,6 +234,11 @@ def load_record(path: Path) -> dict[str, Any] | Invalid:
         return Invalid(path, f"cannot be read ({e.strerror or e})")
     except (ValueError, RecursionError) as e:
         return Invalid(path, f"not valid JSON: truncated or corrupt ({str(e) or type(e).__name__})")
+    schema = _newer_schema(rec)
+    if schema is not None:
+        reason = f"run record schema {schema} is newer than this kdbench reads ({SCHEMA_VERSION}): skipped, file left as it is"
+        warnings.warn(f"{path}: {reason}", stacklevel=1)  # one place: shown once per file and process
+        return Newer(path, reason, schema)
     reason = check_record(rec, path)
     return rec if reason is None else Invalid(path, reason)
 
@@ -236,12 +257,14 @@ def record_files(out_dir: Path) -> list[Path]:
 
 def read_records(out_dir: Path) -> tuple[list[dict[str, Any]], list[Invalid]]:
     """The valid records of a directory (one per run key: a file holds the key it is named by) and the
-    invalid files; reports and the gate show the second list instead of silently dropping it."""
+    invalid files; reports and the gate show the second list instead of silently dropping it. A newer
+    kdbench's record is in neither: `load_record` warned about it once."""
     valid: list[dict[str, Any]] = []
     invalid: list[Invalid] = []
     for path in record_files(out_dir):
         rec = load_record(path)
-        (invalid if isinstance(rec, Invalid) else valid).append(rec)
+        if not isinstance(rec, Newer):
+            (invalid if isinstance(rec, Invalid) else valid).append(rec)
     return valid, invalid
 
 

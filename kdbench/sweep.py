@@ -457,8 +457,8 @@ def plan(spec: SweepSpec, out_dir: str | Path, limit: int | None = MAX_RUNS) -> 
     for r, asked in runs:
         path = store.record_path(out, r.key)
         rec = store.load_record(path) if path.is_file() else None
-        if isinstance(rec, store.Invalid):
-            status = "invalid"
+        if isinstance(rec, store.Invalid):  # a newer kdbench's record (store.Newer) is never rerun over
+            status = "done" if isinstance(rec, store.Newer) else "invalid"
         else:
             status = "todo" if rec is None else ("done" if rec.get("status") == "ok" else "failed")
         planned.append(PlannedRun(r, status, asked))
