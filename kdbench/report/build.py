@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 from ..config import check_report_name
 from ..errors import KdbenchError
-from . import paper, plots, sizes, tables
+from . import paper, plots, sizes, tables, teacher_sizes
 from .provenance import match_preset, preset_line
 from .context import Context
 from .data import ACCURACY, load
@@ -51,6 +51,7 @@ def make_report(ctx: Context, out: Path, title: str, figures: bool = True,
         invalid=[(i.path.name, i.reason) for i in ctx.results.invalid],
         sizes=size_tables,
         size_figures=size_figures,
+        sections=teacher_sizes.build(ctx, out, figures),
     )
     return report
 

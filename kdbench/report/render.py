@@ -102,6 +102,10 @@ def markdown_report(report: Report) -> str:
         out += ["## Size study", "", SIZE_NOTE, ""]
         out += [markdown(t) for t in report.sizes]
         out += [line for f in report.size_figures for line in markdown_figure(f)]
+    for section in report.sections:
+        out += [f"## {section.heading}", "", section.note, ""]
+        out += [markdown(t) for t in section.tables]
+        out += [line for f in section.figures for line in markdown_figure(f)]
     if report.figures:
         out += ["## Figures", ""]
         out += [line for f in report.figures for line in markdown_figure(f)]

@@ -38,6 +38,17 @@ class Figure:
 
 
 @dataclass
+class Section:
+    """A report section of its own (a study that appears only when the runs call for it): heading, one
+    paragraph saying what it shows, its tables and figures."""
+
+    heading: str
+    note: str
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """A whole report: protocol lines, overview, tables (and skipped ones), figures, appendix tables, and the
     record files it could not use (one warning block, never silently dropped)."""
@@ -52,9 +63,11 @@ class Report:
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of excluded record files
     sizes: list[Table] = field(default_factory=list)  # the size study (only when runs span several sizes)
     size_figures: list[Figure] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)  # after the size study: teacher / assistant size
 
     def all_tables(self) -> list[Table]:
-        return [*self.overview, *self.tables, *self.sizes, *self.appendix]
+        return [*self.overview, *self.tables, *self.sizes, *(t for s in self.sections for t in s.tables),
+                *self.appendix]
 
     def all_figures(self) -> list[Figure]:
-        return [*self.figures, *self.size_figures]
+        return [*self.figures, *self.size_figures, *(f for s in self.sections for f in s.figures)]
