@@ -54,8 +54,22 @@ def live_processes(cache: Path, command: bytes = b"") -> list[int]:
     return pids
 
 
-def wait_until_gone(cache: Path, within_s: float = 10.0) -> list[int]:
-    """The processes of the sweep on `cache` still running after `within_s` seconds (none, we hope)."""
+def describe(pids: list[int]) -> list[str]:
+    """Pid, state and command line of each process (for a failure message)."""
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+        except OSError:
+            state, cmd = "gone", ""
+        out.append(f"{pid} [{state}] {cmd}")
+    return out
+
+
+def wait_until_gone(cache: Path, within_s: float = 30.0) -> list[int]:
+    """The processes of the sweep on `cache` still running after `within_s` seconds (none, we hope;
+    generous, as workers just forked on an oversubscribed machine take seconds to be scheduled)."""
     deadline = time.monotonic() + within_s
     while (left := live_processes(cache)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -161,7 +175,8 @@ def test_random_sigkills_of_a_parallel_sweep_then_resume(server: ForkServer, tmp
             code = server_wait(server, at)
         if code is None and kill(server, pid) == -signal.SIGKILL:
             kills.append(f"{at:.1f}s{' in the pool' if in_pool else ''}")
-            assert not wait_until_gone(cache), f"processes outlived the killed sweep: {live_processes(cache)}"
+            left = wait_until_gone(cache)
+            assert not left, f"processes outlived the killed sweep ({kills[-1]}): {describe(left)}"
             assert all(r["status"] == "ok" for r in records(out).values())  # complete JSON, never half a record
             continue
         _check_same(out, ref)  # this chain is complete: a fresh one
