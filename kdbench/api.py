@@ -129,7 +129,7 @@ def preflight(datasets: Iterable[str], out: str | Path | None, data_root: str | 
 def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> None:
     """An `auto` student under a `--student-scale` that no width of its family meets fails now, not
     after the teacher is trained: the budget search is arithmetic, checked once per (dataset, n, scale)."""
-    from .data import load_dataset
+    from .data import dataset_spec
     from .models.budget import budget_rule, check_auto_student
     from .teachers import default_teacher
 
@@ -140,7 +140,7 @@ def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> N
         if s.student != "auto" or s.student_scale == 1 or cell in seen:
             continue
         seen.add(cell)
-        spec = load_dataset(s.dataset, data_root, max_train=1).spec
+        spec = dataset_spec(s.dataset, data_root)
         check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset, spec.modality),
                            default_teacher(s.dataset), scale=s.student_scale)
 

@@ -8,7 +8,6 @@ progress bars and per-epoch history.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
@@ -450,7 +449,3 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def deepcopy_module(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module)

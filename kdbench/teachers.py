@@ -542,9 +542,9 @@ def check_teacher_inputs(runs: Iterable[Any], data_root: str | Path | None) -> N
 
 
 def input_channels(dataset: str, data_root: str | Path | None) -> int:
-    from .data import load_dataset
+    from .data import dataset_spec
 
-    return int(load_dataset(dataset, data_root, max_train=1).spec.input_shape[0])
+    return int(dataset_spec(dataset, data_root).input_shape[0])
 
 
 # --------------------------------------------------------------------------------------------- val vs test

@@ -8,7 +8,7 @@ those use are public: the Keras text recipe (`tokenize`, `encode_corpus`, `keras
 `encode_labelled`) and the seeded splits (`carve`, `fixed_test_split`, `subset`).
 """
 from . import builtin, cifar, idx, text  # noqa: F401  (register the datasets)
-from .api import dataset_table, decode_dataset, download, load_dataset
+from .api import dataset_spec, dataset_table, decode_dataset, download, load_dataset
 from .base import DataSpec, Split, Splits
 from .cache import CacheCorruptionWarning, cache_root
 from .catalogue import (DATASETS, MODALITY_TEACHERS, DatasetEntry, Decoded, Pool, data_roots, image_assemble, locate,
@@ -20,7 +20,7 @@ from .vocab import encode_corpus, keras_sequences, rank_vocabulary, tokenize, vo
 
 __all__ = [
     "DATASETS", "DataSpec", "DatasetEntry", "Decoded", "Pool", "Split", "Splits", "CacheCorruptionWarning",
-    "MODALITY_TEACHERS", "cache_root", "data_roots", "dataset_table", "decode_dataset", "download", "load_dataset",
+    "MODALITY_TEACHERS", "cache_root", "data_roots", "dataset_spec", "dataset_table", "decode_dataset", "download", "load_dataset",
     "locate", "register_dataset", "register_image_dataset", "register_text_dataset", "image_assemble",
     "text_assemble", "TEXT_OPTIONS", "encode_labelled", "carve_fixed_test", "tokenize", "rank_vocabulary",
     "encode_corpus", "keras_sequences", "vocabulary", "FIXED_TEST_NOTE", "carve", "fixed_test_split", "permutation",

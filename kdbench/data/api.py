@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import KdbenchError
-from .base import Split, Splits
+from .base import DataSpec, Split, Splits
 from .cache import cached_decode, cached_meta
 from .catalogue import (DATASETS, DatasetEntry, Decoded, data_roots, default_download_root, explicit_root, locate,
                         missing_message, package_available)
@@ -64,6 +64,12 @@ def _split(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None, scale: float | 
     else:
         xt = xt.to(torch.int64)
     return Split(xt, torch.from_numpy(np.ascontiguousarray(ys)))
+
+
+def dataset_spec(name: str, data_root: str | Path | None = None, **options: Any) -> DataSpec:
+    """What a dataset's inputs and classes are (shape, modality, classes), for checks before any work:
+    the decode is shared with `load_dataset` (cached), the split is a one-image stub."""
+    return load_dataset(name, data_root, max_train=1, **options).spec
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, *, val_fraction: float = 0.1, split_seed: int = 0,
