@@ -83,6 +83,13 @@ def _keyed(frame: pd.DataFrame, keys: tuple[str, ...]) -> list[tuple[dict, pd.Da
             for k, g in frame.groupby(list(keys), sort=False, dropna=False)]
 
 
+def _p_columns(data: pd.DataFrame) -> dict[str, list[str]]:
+    """A verdict table's Welch and Holm p columns as shown (empty where no test ran)."""
+    def text(ps: pd.Series) -> list[str]:
+        return [stats.format_p(p) if math.isfinite(p) else "" for p in ps]
+    return {"Welch p": text(data["p_value"]), "Holm p": text(data["p_holm"])}
+
+
 def _cell(ctx: Context, runs: pd.DataFrame, **extra: Any) -> dict:
     vals = runs[ACC].to_numpy(float)
     return {**extra, **ctx.summarize(vals), "values": vals}
@@ -166,8 +173,7 @@ def teacher_verdicts(ctx: Context, series: list[tuple[dict, list[dict]]], df: pd
     display = pd.DataFrame({"Dataset": data["dataset"], "Student": data["student"], "Configuration": data["config"],
                             "Largest teacher": data["largest"], "Best teacher": data["best"],
                             "Largest − best": [f"{d:+.2f}" for d in data["diff"]],
-                            "Welch p": [stats.format_p(p) if math.isfinite(p) else "" for p in data["p_value"]],
-                            "Holm p": [stats.format_p(p) if math.isfinite(p) else "" for p in data["p_holm"]],
+                            **_p_columns(data),
                             "Verdict": data["verdict"]})
     what = ("Claim: the student's accuracy rises with the teacher's size, so the largest teacher (most params) "
             "is the best. Best: the teacher with the highest mean (picked on test among the teachers, which "
@@ -273,8 +279,7 @@ def chain_verdicts(ctx: Context, series: list[tuple[dict, list[dict]]], df: pd.D
     display = pd.DataFrame({"Dataset": data["dataset"], "Student": data["student"], "Teacher": data["teacher"],
                             "Configuration": data["config"], "Best assistant": data["best"],
                             "Best − baseline": [f"{d:+.2f}" if math.isfinite(d) else "" for d in data["diff"]],
-                            "Welch p": [stats.format_p(p) if math.isfinite(p) else "" for p in data["p_value"]],
-                            "Holm p": [stats.format_p(p) if math.isfinite(p) else "" for p in data["p_holm"]],
+                            **_p_columns(data),
                             "Verdict": data["verdict"]})
     what = (f"Claim: an assistant of intermediate size helps, so the best assistant chain beats `{ctx.baseline}` "
             "straight from the same teacher (same dataset, student and budget). Best: the chain with the highest "
