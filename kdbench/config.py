@@ -27,6 +27,12 @@ from .fields import parse_value as parse_value  # noqa: F401 - re-exported
 # matching. A change to one method bumps that method's `version` instead (see `method_identity`).
 CODE_VERSION = f"{__version__}+proto1"
 
+# The version of the code that trains and defines kdbench's own teachers (the teacher training loop,
+# the zoo teachers, data splits); it keys the teacher cache instead of CODE_VERSION, so that a fix
+# that re-runs students (a CODE_VERSION or method bump) never retrains teachers. Bump it when a change
+# would change a teacher's weights. Its value is the CODE_VERSION the cached teachers were keyed by.
+TEACHER_VERSION = "0.1.0+proto1"
+
 # A method's version (`Method.version`) enters its runs' canonical spec under this name, and only when
 # bumped past the default: the keys made before methods had versions stay valid (as LATE_FIELDS do).
 DEFAULT_METHOD_VERSION = 1

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cache import CacheEntry, key_hash, load_array, save_array, sha256_file
-from .config import CODE_VERSION, TeacherRecipe
+from .config import CODE_VERSION, TEACHER_VERSION, TeacherRecipe
 from .data.base import DataSpec, Splits
 from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, seed_everything, torch_threads, train
 from .errors import KdbenchError
@@ -99,15 +99,15 @@ def model_options(normalize: str | None) -> dict[str, Any]:
 
 def teacher_cache_key(arch: str, data: Splits, recipe: TeacherRecipe, normalize: str | None = None,
                       architecture: str | None = None) -> str:
-    """`architecture`: the model's `architecture_checksum`, for models whose code CODE_VERSION does not
+    """`architecture`: the model's `architecture_checksum`, for models whose code TEACHER_VERSION does not
     version (plugins, timm); None for kdbench's own zoo, whose keys stay those of the cached teachers."""
-    ident = {"arch": arch, "split": _split_identity(data), "recipe": dataclasses.asdict(recipe), "code": CODE_VERSION,
+    ident = {"arch": arch, "split": _split_identity(data), "recipe": dataclasses.asdict(recipe), "code": TEACHER_VERSION,
              **model_options(normalize), **({"architecture": architecture} if architecture else {})}
     return f"{arch}-{data.name}-s{recipe.seed}-{key_hash(ident)}"
 
 
 def versioned_by_kdbench(arch: str) -> bool:
-    """A zoo architecture defined in kdbench itself: its code changes with CODE_VERSION."""
+    """A zoo architecture defined in kdbench itself: its code changes with TEACHER_VERSION."""
     from .models import MODELS
 
     if arch.startswith("timm/") or arch not in MODELS:

@@ -286,6 +286,22 @@ def test_kdbench_zoo_teacher_keys_are_unchanged():
     assert not teachers.versioned_by_kdbench("timm/resnet18")
 
 
+def test_teacher_keys_follow_the_teacher_version_not_the_code_version(monkeypatch):
+    """A CODE_VERSION bump (re-runs every student) keeps the cached teachers; a TEACHER_VERSION bump retrains them."""
+    from kdbench import config
+    from kdbench.config import TeacherRecipe
+    from kdbench.data import load_dataset
+
+    data = load_dataset("digits")
+    recipe = TeacherRecipe(epochs=1)
+    before = teachers.teacher_cache_key("plain2", data, recipe)
+    monkeypatch.setattr(config, "CODE_VERSION", "9.9.9+other")
+    monkeypatch.setattr(teachers, "CODE_VERSION", "9.9.9+other")
+    assert teachers.teacher_cache_key("plain2", data, recipe) == before
+    monkeypatch.setattr(teachers, "TEACHER_VERSION", "9.9.9+teacher")
+    assert teachers.teacher_cache_key("plain2", data, recipe) != before
+
+
 # --------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("fields,pattern", [
     (dict(dense="nope"), r"dense='nope' is not a layer of teacher Sequential \(layers: 0, 1, 2, 3\)"),
