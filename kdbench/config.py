@@ -28,7 +28,7 @@ from .fields import parse_value as parse_value  # noqa: F401 - re-exported
 CODE_VERSION = f"{__version__}+proto1"
 
 # The version of the code that trains and defines kdbench's own teachers (the teacher training loop,
-# the zoo teachers, data splits); it keys the teacher cache instead of CODE_VERSION, so that a fix
+# the zoo teachers); it keys the teacher cache instead of CODE_VERSION, so that a fix
 # that re-runs students (a CODE_VERSION or method bump) never retrains teachers. Bump it when a change
 # would change a teacher's weights. Its value is the CODE_VERSION the cached teachers were keyed by.
 TEACHER_VERSION = "0.1.0+proto1"
