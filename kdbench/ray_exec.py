@@ -16,6 +16,7 @@ no record. When the driver dies however it dies, Ray ends its job's tasks.
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 import warnings
@@ -39,9 +40,10 @@ class RayExecutor(Executor):
     """Ray tasks, one per run, each reserving `threads` CPUs (default 1) and using that many torch
     threads, and a GPU for a run on CUDA; the driver prepares teachers and targets once and ships
     them, and writes the records.
-    Connects to `address`, or to the Ray instance this process already started (`ray.init(...)`),
-    or starts a local one. Cache entries this process uses while the executor is open (the sweep's
-    preparation) are the ones sent to the workers."""
+    Connects to `address` (else $RAY_ADDRESS; 'auto' joins the Ray already running on this machine),
+    or to the Ray instance this process already started (`ray.init(...)`), or starts a fresh local
+    one: never, silently, a stale cluster left running by an earlier process. Cache entries this
+    process uses while the executor is open (the sweep's preparation) are the ones sent to the workers."""
 
     name = "ray"
     prepares_in_parent = True
@@ -58,10 +60,11 @@ class RayExecutor(Executor):
         self.threads = threads or 1
         self._started = False
         if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or "local"
             try:
                 ray.init(address=address, log_to_driver=False, include_dashboard=False)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise KdbenchError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                raise KdbenchError(f"cannot start or reach Ray{f' at {address}' if address != 'local' else ''}: "
                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
             self._started = True
         self._open = ExitStack()

@@ -85,7 +85,7 @@ def test_ray_gives_the_same_records_as_the_local_pool(tmp_path):
     kd = [r for r in local.records if r["spec"]["method"] == "kd"]
     assert [r["metrics"]["targets_time_s"] for r in kd] == [0.0, 0.0]
     assert len({r["teacher"]["key"] for r in kd}) == 1
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = api.sweep(["student", "kd"], seeds=2, executor="ray", threads=1, out=tmp_path / "ray",
                            latency=False, log=None, **FAST)
@@ -206,3 +206,22 @@ def test_concurrent_sweeps_into_one_directory_split_the_runs(tmp_path):
     assert sorted(computed) == sorted(recs), "a run was computed twice, or not at all"
     ran = [int(re.search(rf"{n} runs, (\d+) run now", text).group(1)) for text in outputs]
     assert sum(ran) == n, outputs
+
+
+@pytest.mark.parametrize("given, env, expected", [(None, None, "local"), (None, "10.0.0.1:6379", "10.0.0.1:6379"),
+                                                  ("auto", "10.0.0.1:6379", "auto")])
+def test_ray_without_an_address_starts_a_fresh_local_ray_never_a_stale_one(monkeypatch, given, env, expected):
+    """Ray's own default (address=None) joins any Ray left running on the machine; kdbench's default
+    is $RAY_ADDRESS, else a fresh local instance."""
+    import sys
+    import types
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    from kdbench.ray_exec import RayExecutor
+    RayExecutor(address=given).close()
+    assert [c["address"] for c in calls] == [expected]

@@ -165,11 +165,16 @@ def test_ctrl_c_cancels_the_runs_in_flight_and_leaves_no_record_of_them(cluster,
     out, n = driver / "out", 4
     sweep = dict(seeds=n, executor="ray", threads=1, out=out, latency=False, log=None, **{**FAST, "epochs": 4})
 
+    stop = threading.Event()
+
     def interrupt_after_first_record() -> None:
         deadline = time.monotonic() + 300
-        while not list(out.glob("*.json")) and time.monotonic() < deadline:
+        while not stop.is_set() and not list(out.glob("*.json")):
+            if time.monotonic() > deadline:
+                return  # no record: the test fails below; a late SIGINT would abort the whole pytest session
             time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
+        if not stop.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell may ignore SIGINT
     watcher = threading.Thread(target=interrupt_after_first_record, daemon=True)
@@ -179,6 +184,7 @@ def test_ctrl_c_cancels_the_runs_in_flight_and_leaves_no_record_of_them(cluster,
             api.sweep(["student"], **sweep)
             time.sleep(30)  # only if the sweep ended before the signal (then the count below fails)
     finally:
+        stop.set()  # the sweep failed otherwise: never interrupt what runs after it
         watcher.join(300)
         signal.signal(signal.SIGINT, previous)
     kept = records(out)

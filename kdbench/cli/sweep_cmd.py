@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     how.add_argument("--executor", default="local", help="local (process pool, default) or ray")
     how.add_argument("--workers", type=int, default=1, help="parallel runs of the local executor (1 = in this process)")
     how.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers; ray: 1)")
-    how.add_argument("--address", help="Ray cluster address (--executor ray); default: start a local Ray")
+    how.add_argument("--address", help="Ray cluster address (--executor ray); 'auto' joins the Ray running on this machine; default: $RAY_ADDRESS, else start a fresh local Ray")
     how.add_argument("--latency-threads", type=int, default=1, metavar="K",
                      help="torch threads of the quiet latency pass after training (default 1; --no-latency skips it)")
     how.add_argument("--no-fuse-seeds", action="store_true",
