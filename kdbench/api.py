@@ -141,7 +141,7 @@ def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> N
             continue
         seen.add(cell)
         spec = dataset_spec(s.dataset, data_root)
-        check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset, spec.modality),
+        check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset),
                            default_teacher(s.dataset), scale=s.student_scale)
 
 

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from . import seed_fuse
 from .config import RunSpec
+from .data.catalogue import family_default
 from .engine import Step, accuracy, snapshot
 from .method import Context, FitResult, Schedule
 from .tcn_fuse import load_tensors, stack
@@ -31,13 +32,14 @@ def paper_family(student: str) -> str | None:
 def default_schedule(spec: RunSpec, code_faithful: bool = False) -> Schedule:
     """The one student schedule that `student`, `kd`, `takd`, ... share, so they compare like for
     like: TAKD's paper recipe (SGD m0.9, wd 1e-4, 160 epochs; lr 0.01 plain, 0.1 ResNet, or the
-    official code's 0.01) for its CNN families, else Adam 1e-3, batch 128 (20 epochs on (Fashion-)MNIST, 10 elsewhere)."""
+    official code's 0.01) for its CNN families, else Adam 1e-3, batch 128, for the epochs the dataset
+    declares (`student_epochs`; 10 when it declares none)."""
     family = paper_family(spec.student)
     if family == "plain":
         return Schedule(PAPER_EPOCHS, 128, 0.01, optimizer="sgd", weight_decay=1e-4)
     if family == "resnet":
         return Schedule(PAPER_EPOCHS, 128, 0.01 if code_faithful else 0.1, optimizer="sgd", weight_decay=1e-4)
-    return Schedule(epochs=20 if spec.dataset in ("mnist", "fashion-mnist") else 10, batch_size=128, lr=1e-3)
+    return Schedule(epochs=family_default(spec.dataset, "student_epochs") or 10, batch_size=128, lr=1e-3)
 
 
 def lr_factor(family: str | None, code_faithful: bool, epochs: int) -> Callable[[int], float]:

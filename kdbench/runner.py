@@ -141,7 +141,7 @@ def _check_models(spec: RunSpec, entry: Any, method: type[Method]) -> None:
             raise KdbenchError(f"{what} '{name}' needs {modality} input, but dataset '{entry.name}' is {entry.modality}")
 
     if spec.student == "auto":
-        table = budget_table(spec.budget).get(rule_table(budget_rule(entry.name, entry.modality), entry.modality) or "", {})
+        table = budget_table(spec.budget).get(rule_table(budget_rule(entry.name), entry.modality) or "", {})
         if method.multi_student and table and spec.n_students not in table:
             raise KdbenchError(f"no {spec.budget} budget student for n={spec.n_students} "
                                f"(budgets exist for n = {', '.join(map(str, sorted(table)))}); pass --student ARCH")
@@ -258,7 +258,7 @@ def build_context(r: Resolved, data: Splits, device: torch.device, teacher: Teac
         n = n_students if n_students is not None else spec.n_students
         if arch == "auto":
             model, info = auto_student(data.spec, n, out_features or data.spec.num_classes, spec.budget,
-                                       budget_rule(spec.dataset, data.spec.modality), default_teacher(spec.dataset),
+                                       budget_rule(spec.dataset), default_teacher(spec.dataset),
                                        scale=spec.student_scale)
             if info.get("rule") == RELATIVE and info["deviation"] not in notes:
                 notes.append(info["deviation"])

@@ -27,20 +27,7 @@ from .config import CODE_VERSION, TEACHER_VERSION, TeacherRecipe
 from .data.base import DataSpec, Splits
 from .engine import Step, accuracy, keep_freed_memory, make_optimizer, predict, seed_everything, torch_threads, train
 from .errors import KdbenchError
-from .models.budget import DEFAULT_TEACHERS  # re-exported: the table lives with the budgets that read it
 from .targets import Targets
-
-# The recipe that trains each dataset family's paper teacher (DEFAULT_TEACHERS) here.
-DEFAULT_RECIPES = {
-    "mnist": TeacherRecipe(epochs=6),
-    "fashion-mnist": TeacherRecipe(epochs=10),
-    "mnist-5k": TeacherRecipe(epochs=15),
-    "digits": TeacherRecipe(epochs=30, batch_size=64),
-    "imdb": TeacherRecipe(epochs=3),
-    "imdb-5k": TeacherRecipe(epochs=5, batch_size=64),
-    "sst2": TeacherRecipe(epochs=3),
-    "movie-reviews": TeacherRecipe(epochs=10, batch_size=32),
-}
 
 
 # Teachers train and compute their targets with this many torch threads, whatever the executor or
@@ -50,10 +37,10 @@ TEACHER_THREADS = 1
 
 
 def default_teacher(dataset: str) -> str:
-    """The teacher the dataset declares, else the table above, else its modality's paper teacher."""
+    """The teacher the dataset declares, else its modality's paper teacher."""
     from .data.catalogue import family_default, modality_teacher
 
-    name = family_default(dataset, "default_teacher") or DEFAULT_TEACHERS.get(dataset) or modality_teacher(dataset)
+    name = family_default(dataset, "default_teacher") or modality_teacher(dataset)
     if name is None:
         raise KdbenchError(f"no default teacher for dataset '{dataset}'; pass --teacher NAME")
     return name
@@ -72,10 +59,10 @@ def checkpoint_teacher(teacher: str, dataset: str) -> tuple[str, Path]:
 
 
 def default_recipe(dataset: str) -> TeacherRecipe:
-    """The recipe the dataset declares, else the table above, else kdbench's default recipe."""
+    """The recipe the dataset declares, else kdbench's default recipe."""
     from .data.catalogue import family_default
 
-    return family_default(dataset, "teacher_recipe") or DEFAULT_RECIPES.get(dataset, TeacherRecipe())
+    return family_default(dataset, "teacher_recipe") or TeacherRecipe()
 
 
 @dataclass

@@ -274,7 +274,7 @@ def test_dataset_declared_default_teacher_and_recipe_are_used(scratch):
     builtin = resolve(RunSpec(method="kd", dataset="digits"))  # kdbench's own tables: unchanged
     assert builtin.spec.teacher == "paper-mnist-teacher" and builtin.spec.teacher_recipe == TeacherRecipe(epochs=30, batch_size=64)
     assert "data_options" not in builtin.canonical  # so no run key of a built-in dataset changed
-    assert budget_rule("digits", "image") == "mnist" and budget_rule("plain-texts", "text") == RELATIVE
+    assert budget_rule("digits") == "mnist" and budget_rule("plain-texts") == RELATIVE
 
 
 def test_relative_budget_has_the_papers_ratio():
@@ -365,3 +365,19 @@ def test_extending_doc_examples_run_as_written(scratch):
     assert module.record["spec"]["student"] == "my-mlp"
     assert module.taught["teacher"]["dense"] == "3"  # the own-teacher recipe ran too
     assert "## Your own teacher" in doc and "kdbench run --help" in doc.split("## Your own teacher")[1]
+
+
+def test_a_dataset_standing_in_for_a_paper_dataset_declares_it_in_its_entry(scratch):
+    """What a built-in dataset declares (the paper dataset it replaces, why, the student epochs), a
+    user's dataset declares the same way: the schedule and the report read the entry, not a name."""
+    from kdbench.recipes import default_schedule
+    from kdbench.report.data import dataset_rank, paper_dataset, substitutes_of
+    kdbench.register_text_dataset("my-imdb", read=_texts, num_classes=2, stands_for="imdb",
+                                  substitute="120 made-up reviews", student_epochs=3)
+    assert paper_dataset("my-imdb") == ("imdb", "120 made-up reviews")
+    assert paper_dataset("imdb-5k")[0] == "imdb" and paper_dataset("sst2") == (None, None)  # kdbench's own
+    assert dataset_rank("mnist") < dataset_rank("fashion-mnist") < dataset_rank("cifar10-jpeg") < dataset_rank("my-imdb")
+    assert substitutes_of(["my-imdb"]) == ["`my-imdb` stands in for the paper's `imdb`: 120 made-up reviews"]
+    assert default_schedule(RunSpec(method="student", dataset="my-imdb", student="text-student")).epochs == 3
+    assert default_schedule(RunSpec(method="student", dataset="sst2", student="text-student")).epochs == 10
+    assert default_schedule(RunSpec(method="student", dataset="mnist", student="image-student")).epochs == 20

