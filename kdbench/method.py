@@ -187,13 +187,15 @@ class Context:
     def _teacher_rows(self) -> dict[str, Any]:
         return {"logits": self._train_targets.logits, "features": self._train_targets.features}
 
-    def train(self, steps: list[Step], modules: dict[str, nn.Module], **kw: Any) -> TrainResult:
+    def train(self, steps: list[Step], modules: dict[str, nn.Module], inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+              **kw: Any) -> TrainResult:
         """The shared loop on the train split with this run's schedule and seed (override via kw);
-        training batches get the run's augmentation."""
+        training batches get the run's augmentation. `inputs`: (x, y) to train on instead of the
+        train split (features computed from it, which get no augmentation)."""
         from .augment import batch_transform
 
-        x, y = self.split("train")
-        kw.setdefault("transform", batch_transform(self.spec.augment))
+        x, y = self.split("train") if inputs is None else inputs
+        kw.setdefault("transform", batch_transform(self.spec.augment) if inputs is None else None)
         kw.setdefault("epochs", self.schedule.epochs)
         kw.setdefault("batch_size", self.schedule.batch_size)
         kw.setdefault("seed", self.seed)

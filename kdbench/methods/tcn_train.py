@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench import seed_fuse
-from kdbench.engine import Members, Step, accuracy, predict, train
+from kdbench.engine import Members, Step, accuracy, predict
 from kdbench.errors import KdbenchError
 from kdbench.method import Context
 from kdbench.tcn_fuse import Grouped, Single, load_tensors, stack
@@ -189,9 +189,8 @@ def finetune(ctx: Context, epochs: int, head: nn.Module, z: dict[str, Tensor], t
     y_tr, y_val = ctx.split("train")[1], ctx.split("val")[1]
     opt = ctx.optimizer(head.parameters())
     loss = lambda b: {"ce": head_loss(head(b.x), b.y)}  # noqa: E731
-    res = train([Step("finetune", opt, loss)], {"head": head}, z["train"], y_tr, epochs=epochs,
-                batch_size=ctx.schedule.batch_size, seed=ctx.seed, progress=ctx.progress, desc=f"tcn finetune {tag}",
-                evaluate=lambda: {"val_acc": accuracy(predict(head, z["val"]), y_val)})
+    res = ctx.train([Step("finetune", opt, loss)], {"head": head}, inputs=(z["train"], y_tr), epochs=epochs,
+                    desc=f"tcn finetune {tag}", evaluate=lambda: {"val_acc": accuracy(predict(head, z["val"]), y_val)})
     if tag == "valbest":
         res.restore_best({"head": head})
     head.eval()
