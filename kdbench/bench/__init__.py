@@ -12,7 +12,7 @@ One module per benchmark, each registering into `BENCHES` (`kdbench bench --only
 - `overhead`    one KD epoch in kdbench vs a minimal hand-written PyTorch loop
 - `seeds`       seed fusion: the seeds of one cell as one computation vs one run per seed
 
-and, from the method files (kdbench/methods/tcn_bench.py, loaded through the method registry): `fused`,
+and, from the method files (kdbench/methods/tcn_bench*.py, loaded through the method registry): `fused`,
 `efficiency`, `inference` and `alternative` (the teacher-in-the-loop workflow vs kdbench's sweep).
 
 Goals are reported, never asserted; equality checks (same losses, same records) are, as `checks`.
