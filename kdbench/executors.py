@@ -12,7 +12,7 @@ others go on. Teachers and their targets are built once in the parent before fan
 local pool; Ray's driver, which also ships them to the nodes through Ray's object store).
 
 Seed siblings (runs that differ only in their seed, kdbench.seed_fuse) go to one worker of the
-local executor as one group and train fused where `fuse_seeds` (auto by default) decides so; each
+local executor (one Ray task) as one group and train fused where `fuse_seeds` (auto by default) decides so; each
 member is claimed, skipped when already written, and recorded on its own, as a run alone is.
 
 A local run holds a lock file of its own (`OUT/.locks/KEY.lock`) while it runs, so concurrent

@@ -27,8 +27,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from . import store
 from .cache import entry_source, recording
 from .errors import KdbenchError
-from .executors import (EXECUTORS, STOP_SIGNALS, Executor, Finished, Job, _file_stamp, _signal_handlers, claim,
-                        failed_record, run_job)
+from .executors import (EXECUTORS, STOP_SIGNALS, Executor, Finished, Job, _file_stamp, _signal_handlers, alone, claim,
+                        failed_record, group_jobs, run_group)
 from .registry import IMPORT_ENV, import_modules, worker_modules
 
 POLL_S = 0.5  # how often the driver looks at the lock files of runs another process holds
@@ -92,35 +92,41 @@ class RayExecutor(Executor):
         task = ray.remote(max_retries=0)(_ray_run)
         modules = worker_modules()
         shipped = self.ship()
-        queue = list(jobs)
-        pending: dict[Any, Job] = {}  # ObjectRef -> its job
+        queue = group_jobs(jobs)  # seed siblings fused where `fuse_plan.decide` says so: one task each
+        pending: dict[Any, list[Job]] = {}  # ObjectRef -> the jobs of its task
         held: dict[str, ExitStack] = {}  # run key -> its claimed lock, until the record is written
         try:
             while queue or pending:
                 waiting = []
-                for job in queue:  # claim what is free; a run another process holds is looked at again later
-                    lock = _claim(job)
-                    if lock is None:
-                        waiting.append(job)
-                        continue
-                    record = _written_since_planned(job)
-                    if record is not None:  # the process that held it finished it
-                        lock.close()
-                        yield Finished(job, record, 0.0, elsewhere=True)
-                        continue
-                    held[job.key] = lock
-                    pending[task.options(**task_resources(job, self.threads)).remote(job, modules, shipped)] = job
+                for unit in queue:  # claim what is free; a run another process holds is looked at again later
+                    mine = []
+                    for job in unit:
+                        lock = _claim(job)
+                        if lock is None:
+                            waiting.append([alone(job, "another process held it")])
+                            continue
+                        record = _written_since_planned(job)
+                        if record is not None:  # the process that held it finished it
+                            lock.close()
+                            yield Finished(job, record, 0.0, elsewhere=True)
+                            continue
+                        held[job.key] = lock
+                        mine.append(job)
+                    if len(mine) == 1 < len(unit):
+                        mine = [alone(mine[0], "its seed siblings were run by another process")]
+                    if mine:
+                        pending[task.options(**task_resources(mine[0], self.threads)).remote(mine, modules, shipped)] = mine
                 queue = waiting
                 if not pending:
                     time.sleep(POLL_S)
                     continue
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
                 for ref in done:
-                    job = pending.pop(ref)
-                    fin = _result(ray, ref, job)
-                    store.write_record(Path(job.out_dir), fin.record)
-                    held.pop(job.key).close()
-                    yield Finished(job, fin.record, fin.wall_s)
+                    unit = pending.pop(ref)
+                    for job, fin in zip(unit, _results(ray, ref, unit)):
+                        store.write_record(Path(job.out_dir), fin.record)
+                        held.pop(job.key).close()
+                        yield Finished(job, fin.record, fin.wall_s)
         except BaseException:
             with _signal_handlers(signal.SIG_IGN, (signal.SIGINT, *STOP_SIGNALS)):  # a second Ctrl-C: not halfway
                 for ref in pending:
@@ -141,8 +147,9 @@ def _on_cuda(job: Job) -> bool:
 
 
 def task_resources(job: Job, threads: int) -> dict[str, float]:
-    """What a run's task reserves: `threads` CPUs, and one GPU for a run on CUDA (Ray then shows the
-    task that GPU alone; a task that reserves none would see every GPU of its node)."""
+    """What a run's task (one run, or its seed siblings fused: one computation) reserves: `threads`
+    CPUs, and one GPU for a run on CUDA (Ray then shows the task that GPU alone; a task that
+    reserves none would see every GPU of its node)."""
     return {"num_cpus": threads, "num_gpus": 1 if _on_cuda(job) else 0}
 
 
@@ -161,25 +168,27 @@ def _written_since_planned(job: Job) -> dict[str, Any] | None:
     return store.read_record(path) if _file_stamp(path) != job.seen else None
 
 
-def _result(ray: Any, ref: Any, job: Job) -> Finished:
-    """A finished task's outcome; a task that failed in Ray (its worker died, its result did not
-    come back) becomes a failed record. A task cancelled from outside stops the sweep, as Ctrl-C
-    would: an interrupted run leaves no record, so that a resumed sweep runs it."""
+def _results(ray: Any, ref: Any, unit: list[Job]) -> list[Finished]:
+    """A finished task's outcomes, one per job of its unit; a task that failed in Ray (its worker
+    died, its result did not come back) becomes a failed record for each. A task cancelled from
+    outside stops the sweep, as Ctrl-C would: an interrupted run leaves no record, so that a resumed
+    sweep runs it."""
+    keys = ", ".join(job.key for job in unit)
     try:
-        fin = ray.get(ref)  # write=False: never claimed in the worker, never None
+        return ray.get(ref)  # write=False: never claimed in the worker, never None
     except ray.exceptions.TaskCancelledError:
-        raise KeyboardInterrupt(f"Ray cancelled the task of run {job.key}") from None
+        raise KeyboardInterrupt(f"Ray cancelled the task of run(s) {keys}") from None
     except ray.exceptions.RayError as exc:
         if isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
-            raise KeyboardInterrupt(f"the task of run {job.key} was interrupted") from None
+            raise KeyboardInterrupt(f"the task of run(s) {keys} was interrupted") from None
         what = f"Ray task failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        return Finished(job, failed_record(job, exc, what), 0.0)
-    return fin
+        return [Finished(job, failed_record(job, exc, what), 0.0) for job in unit]
 
 
-def _ray_run(job: Job, modules: Sequence[str], shipped: Shipped) -> Finished | None:
-    """A Ray task: the driver's plugin modules first (their datasets and models), then the run, with
-    the cache entries the driver sent installed into this node's cache as the run asks for them."""
+def _ray_run(unit: list[Job], modules: Sequence[str], shipped: Shipped) -> list[Finished | None]:
+    """A Ray task: the driver's plugin modules first (their datasets and models), then the run (or
+    its seed siblings, fused), with the cache entries the driver sent installed into this node's
+    cache as the runs ask for them."""
     import ray
 
     import_modules(modules, f"${IMPORT_ENV} (Ray worker)")
@@ -189,10 +198,11 @@ def _ray_run(job: Job, modules: Sequence[str], shipped: Shipped) -> Finished | N
         return None if ref is None else ray.get(ref)
 
     with entry_source(fetch), recording() as used:
-        fin = run_job(job)
+        fins = run_group(unit)
     built = sorted(f"{kind}/{key}" for (kind, key), (_, how) in used.items() if how == "built")
-    if fin is not None and built and shipped:
-        fin.record.setdefault("warnings", []).append(
-            f"built on its Ray node, not sent by the driver: {', '.join(built)} (the driver could not prepare it, "
-            f"or this node's data or code give another cache key than the driver's)")
-    return fin
+    for fin in fins:
+        if fin is not None and built and shipped:
+            fin.record.setdefault("warnings", []).append(
+                f"built on its Ray node, not sent by the driver: {', '.join(built)} (the driver could not prepare it, "
+                f"or this node's data or code give another cache key than the driver's)")
+    return fins

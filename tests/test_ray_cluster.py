@@ -86,7 +86,7 @@ def _entries(root: Path) -> dict[str, dict]:
 
 def test_two_nodes_get_the_teacher_trained_once_on_the_driver_and_match_the_local_pool(cluster, driver, monkeypatch):
     monkeypatch.setenv("KDBENCH_CACHE", str(driver / "cache-local"))
-    # unfused: Ray tasks run each seed on its own (fused seeds agree only within float tolerance)
+    # unfused, so that each node runs one seed (fused, both would run as one task on one node)
     local = api.sweep(["kd"], seeds=2, workers=2, threads=1, out=driver / "local", latency=False, log=None,
                       fuse_seeds=False, **FAST)
     assert local.ok and len(local.records) == 2
@@ -101,7 +101,8 @@ def test_two_nodes_get_the_teacher_trained_once_on_the_driver_and_match_the_loca
     counter.unlink(missing_ok=True)
     for owner, name, fn in patches(counter):
         monkeypatch.setattr(owner, name, fn)
-    remote = api.sweep(["kd"], seeds=2, executor="ray", threads=1, out=driver / "ray", latency=False, log=None, **FAST)
+    remote = api.sweep(["kd"], seeds=2, executor="ray", threads=1, out=driver / "ray", latency=False, log=None,
+                       fuse_seeds=False, **FAST)
     assert remote.ok and remote.ran == 2
 
     events = counted(counter)
@@ -117,6 +118,19 @@ def test_two_nodes_get_the_teacher_trained_once_on_the_driver_and_match_the_loca
     assert [comparable(r) for r in remote.records] == [comparable(r) for r in local.records]
     assert [r.get("warnings") for r in remote.records] == [r.get("warnings") for r in local.records]  # none "built on its node"
     assert [r["metrics"]["test_acc"] for r in remote.records] == [r["metrics"]["test_acc"] for r in local.records]
+
+
+def test_seed_siblings_train_fused_as_one_task_and_match_the_local_pool(cluster, driver):
+    """Fused seed siblings are one Ray task (one computation on one node); each still gets its own
+    record, equal to the local pool's fused records."""
+    sweep = dict(seeds=2, threads=1, latency=False, log=None, fuse_seeds=True, **FAST)
+    local = api.sweep(["student"], workers=2, out=driver / "local", **sweep)
+    remote = api.sweep(["student"], executor="ray", out=driver / "ray", **sweep)
+    assert local.ok and remote.ok and remote.ran == 2
+    assert all(r["env"]["seed_fusion"]["fused"] and r["env"]["seed_fusion"]["copies"] == 2 for r in remote.records)
+    assert [comparable(r) for r in remote.records] == [comparable(r) for r in local.records]
+    untimed = lambda note: {k: v for k, v in note.items() if k != "group_train_time_s"}  # noqa: E731
+    assert [untimed(r["env"]["seed_fusion"]) for r in remote.records] == [untimed(r["env"]["seed_fusion"]) for r in local.records]
 
 
 def test_a_run_another_process_holds_is_waited_for_and_not_run_again(cluster, driver):

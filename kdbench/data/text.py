@@ -184,7 +184,7 @@ def sst2_assemble(entry: DatasetEntry, decoded: Decoded, options: Mapping[str, A
 
 @register_dataset(
     "sst2", modality="text", num_classes=2, assemble=sst2_assemble, default_teacher="paper-imdb-teacher",
-    student_budget="imdb", teacher_recipe=TeacherRecipe(epochs=3),
+    student_budget="relative", teacher_recipe=TeacherRecipe(epochs=3),
     options={**TEXT_OPTIONS, "test_file": "test"}, check_options=check_options,
     description="SST-2 (GLUE), 67k train sentences; test = the labelled test.tsv (1,821), dev.tsv (872) as an option",
     paths=("SST-2",), accepts=_sst2_accepts, sources=lambda p: [p / f for f in SST2_FILES],
