@@ -126,6 +126,20 @@ def test_demo_preset_compares_student_kd_and_tcn_on_shipped_data():
     assert {p.spec.dataset for p in runs} == {"digits"}  # ships with scikit-learn: nothing to download
 
 
+@pytest.mark.parametrize("preset,dataset", [("tcn-table3-imdb", "imdb-5k"), ("tcn-sst2", "sst2")])
+def test_text_presets_expand_to_the_imdb_recipe_grid(preset, dataset):
+    """TCN Table 3's IMDB grid: student, kd, ff n = 1, 2, 4, 8 (10 epochs), gan in both variants (20
+    epochs, the paper's IMDB recipe), 3 seeds; SST-2 the same with 64-token sequences."""
+    runs = plan(SweepSpec.build(preset=preset), "/nonexistent")
+    cells = {(p.spec.method, p.spec.mode if p.spec.method == "tcn" else None, p.spec.n_students,
+              p.spec.params.get("gan_variant") if p.spec.mode == "gan" else None, p.resolved.schedule.epochs) for p in runs}
+    assert cells == ({("student", None, 1, None, 10), ("kd", None, 1, None, 10)}
+                     | {("tcn", "ff", n, None, 10) for n in (1, 2, 4, 8)}
+                     | {("tcn", "gan", n, v, 20) for n in (1, 2, 4, 8) for v in ("code-faithful", "paper-intent")})
+    assert len(runs) == 14 * 3 and {p.spec.dataset for p in runs} == {dataset} and {p.spec.val_fraction for p in runs} == {0.2}
+    assert {tuple(sorted(p.spec.data_options.items())) for p in runs} == ({(("maxlen", 64),)} if dataset == "sst2" else {()})
+
+
 def test_kdgan_table1_preset_expands_to_the_papers_grid():
     runs = plan(SweepSpec.build(preset="kdgan-table1-mnist"), "/nonexistent")
     cells = {(p.spec.max_train, p.spec.method, p.spec.params.get("variant")) for p in runs}
