@@ -127,8 +127,9 @@ def preflight(datasets: Iterable[str], out: str | Path | None, data_root: str | 
 
 
 def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> None:
-    """An `auto` student under a `--student-scale` that no width of its family meets fails now, not
-    after the teacher is trained: the budget search is arithmetic, checked once per (dataset, n, scale)."""
+    """An `auto` student that no width of its family meets, under a `--student-scale` or on inputs its
+    data options change (64-token text makes a relative budget smaller), fails now, not after the
+    teacher is trained: the budget search is arithmetic, checked once per (dataset, options, n, scale)."""
     from .data import dataset_spec
     from .models.budget import budget_rule, check_auto_student
     from .teachers import default_teacher
@@ -136,13 +137,17 @@ def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> N
     seen: set[tuple] = set()
     for r in runs:
         s = r.spec
-        cell = (s.dataset, s.n_students, s.budget, s.student_scale)
-        if s.student != "auto" or s.student_scale == 1 or cell in seen:
+        options = dict(s.data_options or {})
+        cell = (s.dataset, tuple(sorted(options.items())), s.n_students, s.budget, s.student_scale)
+        if s.student != "auto" or (s.student_scale == 1 and not options) or cell in seen:
             continue
         seen.add(cell)
-        spec = dataset_spec(s.dataset, data_root)
-        check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset),
-                           default_teacher(s.dataset), scale=s.student_scale)
+        spec = dataset_spec(s.dataset, data_root, **options)
+        try:
+            check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset),
+                               default_teacher(s.dataset), scale=s.student_scale)
+        except KdbenchError as e:
+            raise KdbenchError(f"{s.dataset}{f' {options}' if options else ''}, {s.n_students} student(s): {e}") from None
 
 
 def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = None, config: str | Path | None = None,

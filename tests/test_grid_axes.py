@@ -204,3 +204,16 @@ def test_takd_size_presets_expand_to_their_grids():
     # one recipe: the no-KD and KD-from-plain10 runs of the two presets are the same runs
     shared = {p.key for p in ta if p.spec.method != "takd"}
     assert shared <= {p.key for p in teacher}
+
+
+def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
+    """64-token SST-2 makes the relative budget of 8 students 17k parameters, which no text student
+    with a 5,000-word embedding meets: one line, exit 2, no teacher trained."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KDBENCH_CACHE", str(cache))
+    args = ["sweep", "--method", "tcn", "--students", "8", "--dataset", "sst2", "--data-option", "maxlen=64",
+            "--seeds", "1", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sst2 {'maxlen': 64}, 8 student(s): no text-student" in err[0] and "Traceback" not in err[0]
+    assert not (cache / "teachers").exists() and not list((tmp_path / "out").glob("*.json"))
