@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from kdbench.api import check_student_scales
 from kdbench.cli import main
 from kdbench.config import RunSpec
-from kdbench.sweep import SweepSpec, plan
+from kdbench.sweep import SweepSpec, plan, resolve_all
 
 DIGITS = {"dataset": "digits", "seeds": 2}
 
@@ -208,7 +209,8 @@ def test_takd_size_presets_expand_to_their_grids():
 
 def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
     """64-token SST-2 makes the relative budget of 8 students 17k parameters, which no text student
-    with a 5,000-word embedding meets: one line, exit 2, no teacher trained."""
+    with a 5,000-word embedding meets: one line, exit 2, no teacher trained (and the preset asks only
+    for the cells that can be built)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("KDBENCH_CACHE", str(cache))
     args = ["sweep", "--method", "tcn", "--students", "8", "--dataset", "sst2", "--data-option", "maxlen=64",
@@ -217,3 +219,4 @@ def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sst2 {'maxlen': 64}, 8 student(s): no text-student" in err[0] and "Traceback" not in err[0]
     assert not (cache / "teachers").exists() and not list((tmp_path / "out").glob("*.json"))
+    check_student_scales(resolve_all(SweepSpec.build(preset="tcn-sst2").expand()), None)  # raises on an unbuildable cell
