@@ -135,14 +135,18 @@ def check_student_scales(runs: Iterable[Any], data_root: str | Path | None) -> N
     from .teachers import default_teacher
 
     seen: set[tuple] = set()
+    specs: dict[tuple, Any] = {}  # (dataset, options) -> its DataSpec: one load per dataset, not per cell
     for r in runs:
         s = r.spec
         options = dict(s.data_options or {})
-        cell = (s.dataset, tuple(sorted(options.items())), s.n_students, s.budget, s.student_scale)
+        data = (s.dataset, tuple(sorted(options.items())))
+        cell = (*data, s.n_students, s.budget, s.student_scale)
         if s.student != "auto" or (s.student_scale == 1 and not options) or cell in seen:
             continue
         seen.add(cell)
-        spec = dataset_spec(s.dataset, data_root, **options)
+        if data not in specs:
+            specs[data] = dataset_spec(s.dataset, data_root, **options)
+        spec = specs[data]
         try:
             check_auto_student(spec, s.n_students, spec.num_classes, s.budget, budget_rule(s.dataset),
                                default_teacher(s.dataset), scale=s.student_scale)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import store
 from ..config import RunSpec
-from ..data.catalogue import DATASETS, PAPER_DATASETS, paper_of
+from ..data.catalogue import PAPER_DATASETS, family_default, paper_of
 from ..errors import KdbenchError
 from ..registry import Registry
 from ..stats import CELL_KEYS
@@ -80,10 +80,7 @@ class Results:
 def paper_dataset(name: str) -> tuple[str | None, str | None]:
     """The paper dataset a kdbench dataset stands for, and why it is a substitute (None when exact),
     as its catalogue entry declares (None, None for a dataset this kdbench does not know)."""
-    if str(name) not in DATASETS:
-        return None, None
-    entry = DATASETS.get(str(name))
-    return entry.stands_for, entry.substitute
+    return family_default(str(name), "stands_for"), family_default(str(name), "substitute")
 
 
 def _norm_key(value: Any) -> Any:
