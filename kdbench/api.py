@@ -23,6 +23,7 @@ import pandas as pd
 from . import store
 from .config import RunSpec, check_report_name
 from .errors import KdbenchError
+from .resume import DEFAULT_EVERY_S, every_seconds
 from .store import load_results
 from .sweep import DEFAULT_OUT, PlannedRun, SweepSpec, plan, plan_table, summary_table
 
@@ -160,7 +161,7 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
           report: bool = False, report_dir: str | Path = "reports", report_name: str | None = None,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
           trackers: str | Sequence[str] | None = None, latency_threads: int = 1, fuse_seeds: bool | str = "auto",
-          yes: bool = False, **fields: Any) -> SweepResult:
+          yes: bool = False, checkpoint_every: float | str | None = DEFAULT_EVERY_S, **fields: Any) -> SweepResult:
     """Expand a grid, validate every run, skip the ones already done in `out`, run the rest.
 
     `fields` are the sweep fields of `kdbench sweep` / a YAML config (kdbench.fields): dataset, students,
@@ -178,6 +179,9 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     `fuse_seeds` ("auto", True, False; `--no-fuse-seeds` is False): runs that differ only in their
     seed train as one fused computation on the local executor (kdbench.seed_fuse), with the records of
     the runs alone; auto fuses where that is faster for the device and model size.
+    `checkpoint_every` (seconds, 0 = every epoch; None or "off": never): a run saves its training
+    state at most this often under `out/.partial/`, and a stopped sweep's runs resume from it
+    (kdbench.resume; the local executor; seed-fused groups and Ray tasks start over).
     `teacher` may be an nn.Module (its weights are the teacher; `dense=` names the layer whose input is
     the dense representation, or is a function `dense(model, x)`); `normalize=` is `teacher_normalize`.
     """
@@ -189,6 +193,7 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     from .tracking import setup
 
     fields = api_teacher_fields(fields)
+    every = every_seconds(checkpoint_every)
     spec = SweepSpec.build(preset=preset, config=config, overrides={"method": method, **fields})
     out_dir = resolve_out(spec, out)
     track = setup(trackers, out_dir)  # unknown or missing trackers: one line, before anything runs
@@ -218,7 +223,7 @@ def sweep(method: str | Sequence[str] | None = None, *, preset: str | None = Non
     if todo:
         ran = _execute(todo, out_dir, executor_cls, workers=workers, threads=threads, address=address,
                        data_root=data_root, latency=latency and not quiet, progress=progress, log=log, track=track,
-                       fuse_seeds=fuse)
+                       fuse_seeds=fuse, checkpoint_every=every)
     timed = None
     if quiet and out_dir.is_dir():
         from .latency import quiet_pass
@@ -241,7 +246,8 @@ def _records(out_dir: Path, planned: Sequence[PlannedRun]) -> list[dict[str, Any
 
 def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, workers: int, threads: int | None,
              address: str | None, data_root: str | Path | None, latency: bool, progress: bool | None,
-             log: Callable[[str], None] | None, track: Any = None, fuse_seeds: str = "auto") -> int:
+             log: Callable[[str], None] | None, track: Any = None, fuse_seeds: str = "auto",
+             checkpoint_every: float | None = DEFAULT_EVERY_S) -> int:
     from tqdm.auto import tqdm
 
     from .engine import progress_enabled
@@ -260,7 +266,7 @@ def _execute(todo: Sequence[PlannedRun], out_dir: Path, executor_cls: type, *, w
             # appears later is a concurrent sweep's, not one to compute again
             jobs = [make_job(p.resolved, out_dir, data_root=str(data_root) if data_root else None, latency=latency,
                              threads=ex.threads_per_run(), progress=(None if show else False) if in_process else False,
-                             write=ex.writes_in_worker, track=track, fuse_seeds=fuse_seeds)
+                             write=ex.writes_in_worker, track=track, fuse_seeds=fuse_seeds, checkpoint_every=checkpoint_every)
                     for p in todo]
             if ex.prepares_in_parent:
                 prepare([p.resolved for p in todo], data_root, progress=show, log=say)
@@ -305,20 +311,23 @@ def _report(out_dir: Path, report_dir: str | Path, name: str, log: Callable[[str
 
 
 def run(method: str, *, out: str | Path | None = None, data_root: str | Path | None = None, latency: bool = True,
-        progress: bool | None = None, trackers: str | Sequence[str] | None = None, **fields: Any) -> dict[str, Any]:
+        progress: bool | None = None, trackers: str | Sequence[str] | None = None,
+        checkpoint_every: float | str | None = DEFAULT_EVERY_S, **fields: Any) -> dict[str, Any]:
     """One run (`kdbench run`): returns its record; with `out`, also writes it there (failures as
     `failed` records). Without `out` a failure raises. `trackers` (`--log`) also get its epochs and
     record; their local stores go under `out` (else the current directory). `teacher=`, `dense=`,
-    `normalize=`: as for `sweep`."""
+    `normalize=`, `checkpoint_every` (with `out`): as for `sweep`."""
     from .runner import execute, resolve
     from .runner import run as run_spec
     from .teachers import api_teacher_fields
     from .tracking import setup
 
     path = check_out_dir(out) if out is not None else None
+    every = every_seconds(checkpoint_every)
     track = setup(trackers, path if path is not None else Path("."))
     r = resolve(RunSpec.from_dict({"method": method, **api_teacher_fields(fields)}))
     preflight([r.spec.dataset], path, data_root, runs=[r])
     if path is None:
         return run_spec(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
-    return execute(r.spec, path, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
+    return execute(r.spec, path, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track,
+                   checkpoint_every=every)

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DivergenceError, KdbenchError
+from .resume import LoopCheckpoint, rng_state, set_rng_state
 
 LossDict = dict[str, torch.Tensor]
 log = logging.getLogger("kdbench.train")
@@ -168,6 +169,7 @@ def train(
     progress: bool | None = None,
     amp: str | None = None,
     members: Members | None = None,
+    checkpoint: LoopCheckpoint | None = None,
 ) -> TrainResult:
     """Train `modules` with `steps` for `epochs` over (x, y); validate after each epoch with `evaluate`.
 
@@ -178,6 +180,7 @@ def train(
     each epoch's history row as soon as it is complete (experiment tracking, kdbench.tracking).
     `amp` ("bf16" / "fp16") runs the losses under autocast; fp16 scales the gradients (one scaler per step).
     `members` selects the members of a fused module each on its own score (`TrainResult.members`).
+    `checkpoint` saves the loop's state after epochs and resumes from it (kdbench.resume).
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -192,7 +195,7 @@ def train(
     return _loop(steps, modules, batches, math.ceil(len(y) / batch_size), None, Precision(amp, x.device.type, len(steps)),
                  epochs=epochs, state=state, evaluate=evaluate_rows, score_key=score_key, higher_is_better=higher_is_better,
                  schedulers=schedulers, on_epoch_start=on_epoch_start, on_epoch_end=[on_epoch_end], desc=desc,
-                 progress=progress, members=members)[0]
+                 progress=progress, members=members, gens=[gen], checkpoint=checkpoint)[0]
 
 
 def seed_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, gens: Sequence[torch.Generator], drop_last: bool,
@@ -251,7 +254,7 @@ def train_seeds(
                  math.ceil(len(y) / batch_size), list(seeds), Precision(amp, x.device.type, 0), epochs=epochs,
                  state=member_state, evaluate=evaluate, score_key=score_key, higher_is_better=higher_is_better,
                  schedulers=schedulers, on_epoch_start=None, on_epoch_end=hooks, desc=desc, progress=progress,
-                 members=members)
+                 members=members, gens=gens, checkpoint=None)
 
 
 def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callable[[], Iterator[Batch]], n_batches: int,
@@ -259,10 +262,11 @@ def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callabl
           evaluate: Callable[[], list[dict[str, float]]] | None, score_key: str, higher_is_better: bool,
           schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler], on_epoch_start: Callable[[int], None] | None,
           on_epoch_end: Sequence[Callable[[dict[str, float]], None] | None], desc: str, progress: bool | None,
-          members: Members | None) -> list[TrainResult]:
+          members: Members | None, gens: Sequence[torch.Generator], checkpoint: LoopCheckpoint | None) -> list[TrainResult]:
     """The one loop behind `train` (one run: `seeds` None, losses are scalars) and `train_seeds` (the
     copies of several seeds side by side: losses of shape (s,), one history, selection and state per
-    seed). `state(i)` is copy i's state to keep; `evaluate()` returns one row per copy."""
+    seed). `state(i)` is copy i's state to keep; `evaluate()` returns one row per copy; `gens` are the
+    batch-order generators (saved with the rest by `checkpoint`)."""
     fused = seeds is not None
     s = len(seeds) if fused else 1
     history: list[list[dict[str, float]]] = [[] for _ in range(s)]
@@ -270,11 +274,34 @@ def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callabl
     best_epoch = [0] * s
     best_state = [state(i) for i in range(s)]
     member_best: list[list[MemberBest]] = [[] for _ in range(s)]
+    scalers = precision.scalers
+    fingerprint = {"desc": desc, "epochs": epochs, "batches": n_batches, "seeds": seeds, "steps": [st.name for st in steps],
+                   "modules": {n: [[k, list(v.shape)] for k, v in m.state_dict().items()] for n, m in modules.items()}}
+    saved = checkpoint.load(fingerprint) if checkpoint is not None else None
+    done, prior_s = 0, 0.0
+    if saved is not None:
+        for name, m in modules.items():
+            m.load_state_dict(saved["modules"][name])
+        for st, sd in zip(steps, saved["optimizers"]):
+            st.optimizer.load_state_dict(sd)
+        for sch, sd in zip(schedulers, saved["schedulers"]):
+            sch.load_state_dict(sd)
+        for sc, sd in zip(scalers, saved["scalers"]):
+            sc.load_state_dict(sd)
+        for g, gs in zip(gens, saved["gens"]):
+            g.set_state(gs)
+        set_rng_state(saved["rng"])
+        done, prior_s, history = saved["epoch"], saved["elapsed_s"], saved["history"]
+        best_score, best_epoch, best_state = saved["best_score"], saved["best_epoch"], saved["best_state"]
+        member_best = [[MemberBest(*b) for b in mb] for mb in saved["member_best"]]
+        for i, hook in enumerate(on_epoch_end):  # the resumed epochs reach the trackers as in one run
+            for row in history[i] if hook is not None else ():
+                hook(dict(row))
     show = progress_enabled() if progress is None else progress
     t_start = time.perf_counter()
-    bar = tqdm(total=epochs * n_batches, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=epochs * n_batches, initial=done * n_batches, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(done + 1, epochs + 1):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
             for m in modules.values():
@@ -325,12 +352,21 @@ def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callabl
                 row = rows[0]
                 log.info("%s epoch %d/%d: %s", desc, epoch, epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
+            if checkpoint is not None and (checkpoint.due() or (epoch == epochs and checkpoint.path.is_file())):
+                checkpoint.save({
+                    "fingerprint": fingerprint, "epoch": epoch, "elapsed_s": prior_s + time.perf_counter() - t_start,
+                    "modules": {n: m.state_dict() for n, m in modules.items()},
+                    "optimizers": [st.optimizer.state_dict() for st in steps],
+                    "schedulers": [sch.state_dict() for sch in schedulers], "scalers": [sc.state_dict() for sc in scalers],
+                    "gens": [g.get_state() for g in gens], "rng": rng_state(), "history": history,
+                    "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state,
+                    "member_best": [[[b.score, b.epoch, b.state] for b in mb] for mb in member_best]})
     finally:
         bar.close()
     for m in modules.values():
         m.eval()
     last = [state(i) for i in range(s)]
-    took = time.perf_counter() - t_start
+    took = prior_s + time.perf_counter() - t_start
     return [TrainResult(history[i], best_epoch[i], best_score[i], best_state[i], took, last[i], member_best[i]) for i in range(s)]
 
 

@@ -41,6 +41,7 @@ from . import store
 from .config import CODE_VERSION, canonical_json
 from .errors import KdbenchError
 from .record import RunRecord
+from .resume import DEFAULT_EVERY_S
 from .registry import IMPORT_ENV, Registry, import_from_env, worker_modules
 
 try:
@@ -68,6 +69,7 @@ class Job:
     track: Any = None  # tracking.Tracking: trackers that also get the run's epochs and record (none: None)
     fuse_seeds: str = "auto"  # seed fusion with the run's seed siblings: auto / on / off (kdbench.seed_fuse)
     seed_fusion: dict[str, Any] | None = None  # the decision for its group, recorded in env.seed_fusion
+    checkpoint_every: float | None = DEFAULT_EVERY_S  # epoch checkpoints of a run alone (kdbench.resume); None: none
 
     @property
     def key(self) -> str:
@@ -129,11 +131,12 @@ def _compute(job: Job) -> Finished:
     try:
         if job.write:
             record = execute(job.resolved.spec, job.out_dir, data_root=job.data_root, progress=job.progress,
-                             latency=job.latency, resolved=job.resolved, track=job.track, env=env)
-        else:
+                             latency=job.latency, resolved=job.resolved, track=job.track, env=env,
+                             checkpoint_every=job.checkpoint_every)
+        else:  # the driver writes the record: the run (a Ray task) keeps no checkpoints
             with tempfile.TemporaryDirectory(prefix="kdbench-run-") as tmp:
                 record = execute(job.resolved.spec, tmp, data_root=job.data_root, progress=job.progress,
-                                 latency=job.latency, resolved=job.resolved, track=job.track, env=env)
+                                 latency=job.latency, resolved=job.resolved, track=job.track, env=env, checkpoint_every=None)
     finally:
         if job.threads:
             torch.set_num_threads(previous)

@@ -25,6 +25,7 @@ from .data.base import Splits
 from .engine import Batch, Step, TrainResult, accuracy, predict, train
 from .errors import KdbenchError
 from .registry import Registry, load_plugins
+from .resume import RunCheckpoints
 from .targets import Targets  # noqa: F401 - part of the method seam (methods and Context use it)
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -138,6 +139,7 @@ class Context:
     progress: bool | None = None
     deviations: list[str] = field(default_factory=list)
     on_epoch: Callable[[str, dict[str, float]], None] | None = None  # (stage, history row) after each epoch: tracking
+    checkpoints: RunCheckpoints | None = None  # epoch checkpoints of the run's loops (kdbench.resume); None: none
 
     def epoch_hook(self, stage: str) -> Callable[[dict[str, float]], None] | None:
         """The `on_epoch_end` callback for a training loop of stage `stage` (None when nothing listens);
@@ -203,6 +205,8 @@ class Context:
         kw.setdefault("amp", self.spec.amp)
         kw.setdefault("desc", self.spec.method)
         kw.setdefault("on_epoch_end", self.epoch_hook(kw["desc"]))
+        if self.checkpoints is not None:
+            kw.setdefault("checkpoint", self.checkpoints.loop(kw["desc"]))
         return train(steps, modules, x, y, **kw)
 
     def optimizer(self, params, lr: float | None = None, name: str | None = None, **kw: Any) -> torch.optim.Optimizer:

@@ -27,6 +27,7 @@ from .measure import LoadProbe, environment, latency_ms, peak_cuda_mb, peak_rss_
 from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
 from .models.budget import student_size_warning
 from .record import RunRecord
+from .resume import DEFAULT_EVERY_S, RunCheckpoints, run_folder
 from .teachers import (FILE_PREFIX, Teacher, checkpoint_teacher, default_recipe, default_teacher, get_teacher,
                        module_teacher_for, teacher_targets)
 from .tracking import Tracking
@@ -318,12 +319,14 @@ def measure(fit: FitResult, data: Splits, teacher: Teacher | None, device: torch
 
 
 def run(spec: RunSpec, *, data_root: str | Path | None = None, progress: bool | None = None, latency: bool = True,
-        resolved: Resolved | None = None, track: Tracking | None = None) -> dict[str, Any]:
+        resolved: Resolved | None = None, track: Tracking | None = None,
+        checkpoints: RunCheckpoints | None = None) -> dict[str, Any]:
     """Execute one run and return its record (status ok). Raises on failure; `execute` records failures.
-    `track`: trackers that also get the epochs and the record (kdbench.tracking); they change nothing."""
+    `track`: trackers that also get the epochs and the record (kdbench.tracking); they change nothing.
+    `checkpoints`: where its training loops save and resume epochs (kdbench.resume); None: nowhere."""
     r = resolved or resolve(spec)
     with tracking_session(track, r.key, record_spec(r)) as session:
-        record = _run(r, data_root, progress, latency, session.epoch if session.trackers else None)
+        record = _run(r, data_root, progress, latency, session.epoch if session.trackers else None, checkpoints)
         session.finish(record)
     return record
 
@@ -362,10 +365,11 @@ def _prepare(r: Resolved, data_root: str | Path | None, progress: bool | None) -
 
 
 def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, latency: bool,
-         on_epoch: Callable[[str, dict[str, float]], None] | None) -> dict[str, Any]:
+         on_epoch: Callable[[str, dict[str, float]], None] | None, checkpoints: RunCheckpoints | None) -> dict[str, Any]:
     prep = _prepare(r, data_root, progress)
     ctx = build_context(r, prep.data, prep.device, prep.teacher, progress, prep.timings)
     ctx.on_epoch = on_epoch
+    ctx.checkpoints = checkpoints
     seed_everything(r.spec.seed)
     method = r.method(r.params)
     t0 = time.perf_counter()
@@ -373,7 +377,12 @@ def _run(r: Resolved, data_root: str | Path | None, progress: bool | None, laten
     fit = method.fit(ctx)
     train_time = time.perf_counter() - t0 - prep.timings.get("targets_time_s", 0.0)
     load = {**prep.load, "train": probe.finish()}
-    return _record(r, prep, ctx, fit, train_time, load, latency)
+    env = None
+    if checkpoints is not None and checkpoints.resumed:  # the time of the epochs trained before is added back
+        train_time += checkpoints.prior_train_s
+        env = {"resumed": {"loops": checkpoints.resumed,
+                           "note": "train_time_s includes the resumed epochs' time; env.load.train is this process's only"}}
+    return _record(r, prep, ctx, fit, train_time, load, latency, env=env)
 
 
 def _record(r: Resolved, prep: _Prepared, ctx: Context, fit: FitResult, train_time: float, load: dict[str, Any],
@@ -495,17 +504,23 @@ def resolve_teacher(spec: RunSpec, data: Splits, device: torch.device, progress:
 def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None = None, progress: bool | None = None,
             latency: bool = True, resolved: Resolved | None = None, track: Tracking | None = None,
             env: dict[str, Any] | None = None, compute: Callable[[], dict[str, Any]] | None = None,
-            started: str | None = None) -> dict[str, Any]:
+            started: str | None = None, checkpoint_every: float | None = DEFAULT_EVERY_S) -> dict[str, Any]:
     """Run and write the record; failures are written as `status: failed` with the error. `env`:
     entries added to the record's env (a seed-fusion decision); `compute`: what makes the record
-    instead of `run` (a member of a seed-fused group, `execute_seeds`), started at `started`."""
+    instead of `run` (a member of a seed-fused group, `execute_seeds`), started at `started`.
+    `checkpoint_every`: seconds between the epoch checkpoints of a run alone, kept under
+    `out_dir/.partial/` until its record is written, from which a stopped run resumes (kdbench.resume);
+    None: none."""
     r = resolved or resolve(spec)
     started = started or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    checkpoints = RunCheckpoints(run_folder(out_dir, r.key), checkpoint_every) \
+        if checkpoint_every is not None and compute is None else None
     try:
         if compute is not None:
             record = compute()
         else:
-            record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track)
+            record = run(r.spec, data_root=data_root, progress=progress, latency=latency, resolved=r, track=track,
+                         checkpoints=checkpoints)
             if env:
                 record["env"] = {**record.get("env", {}), **env}
     except KeyboardInterrupt:
@@ -520,6 +535,8 @@ def execute(spec: RunSpec, out_dir: str | Path, *, data_root: str | Path | None 
     record["started_at"] = started
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     store.write_record(Path(out_dir), record)
+    if checkpoints is not None:  # the record holds the run now (a failed run trains again from the start)
+        checkpoints.clear()
     return record
 
 

@@ -81,7 +81,12 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
     def keep(k: str) -> bool:
         return not any(t in k for t in TIMING_KEYS)
 
-    metrics = {k: v for k, v in record["metrics"].items() if keep(k)}
+    def untimed(v: Any) -> Any:  # nested values too (a TAKD stage's train time)
+        if isinstance(v, dict):
+            return {k: untimed(x) for k, x in v.items() if keep(k)}
+        return [untimed(x) for x in v] if isinstance(v, list) else v
+
+    metrics = untimed({k: v for k, v in record["metrics"].items() if keep(k)})
     history = [{k: v for k, v in row.items() if keep(k)} for row in record.get("history") or []]
     spec = {k: v for k, v in record["spec"].items() if k != "device"}
     data = {k: v for k, v in (record.get("data") or {}).items() if k != "cache"}  # cache hit / built varies

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..errors import KdbenchError
 from ..fields import FIELDS, Field, Flag, Options, Seeds, field_help, parse_params
+from ..resume import DEFAULT_EVERY_S
 
 GRID_OPTIONS = ("method", "students", "mode", "seed", "seeds")  # the "what to run" options, listed first
 
@@ -40,6 +41,9 @@ def add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     add_field_options(p, command, exclude=GRID_OPTIONS)
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ~/.cache/kdbench/data, /usr/share/datasets)")
     p.add_argument("--no-latency", action="store_true", help="skip inference-latency measurement")
+    p.add_argument("--checkpoint-every", metavar="SECONDS", default=str(int(DEFAULT_EVERY_S)),
+                   help=f"save a run's training state at most every SECONDS under --out/.partial/, so that a stopped "
+                        f"run resumes at its last saved epoch (0: every epoch; off: never; default {int(DEFAULT_EVERY_S)})")
     p.add_argument("--log", action="append", metavar="TRACKER[,TRACKER...]",
                    help="also send per-epoch metrics and the final record to tensorboard, mlflow and/or wandb "
                         "(repeatable; local stores under --out; changes no result)")

@@ -47,9 +47,11 @@ def read_record_spec(path: Path) -> RunSpec:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import preflight
+    from ..resume import every_seconds
     from ..runner import execute, resolve
     from ..tracking import setup
 
+    every = every_seconds(args.checkpoint_every)
     out = out_dir(args.out)
     track = setup(args.log, out)  # unknown or missing trackers: one line, before anything runs
     if args.from_record:
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     r = resolve(spec)
     preflight([r.spec.dataset], out, args.data_root, runs=[r])
     make_out_dir(out)
-    record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r, track=track)
+    record = execute(r.spec, out, data_root=args.data_root, latency=not args.no_latency, resolved=r, track=track,
+                     checkpoint_every=every)
     path = out / f"{record['run_key']}.json"
     if record["status"] != "ok":
         print(f"run {record['run_key']} FAILED: {record['error']['type']}: {record['error']['message']} (record: {path})")

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                            workers=args.workers, threads=args.threads, address=args.address, data_root=args.data_root,
                            latency=not args.no_latency, latency_threads=args.latency_threads, dry_run=args.dry_run, report=args.report,
                            report_name=args.report_name, trackers=args.log, fuse_seeds="off" if args.no_fuse_seeds else "auto",
-                           yes=args.yes, **overrides(args))
+                           yes=args.yes, checkpoint_every=args.checkpoint_every, **overrides(args))
     except KeyboardInterrupt as e:
         sig = interrupt_signal(e)
         print(f"kdbench: interrupted by {sig.name}; the finished runs' records are kept, the same command resumes",

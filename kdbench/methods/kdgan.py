@@ -180,8 +180,12 @@ class KDGAN(Method):
         if adv_epochs < 1:
             raise KdbenchError(f"kdgan: {ctx.schedule.epochs} epochs leave no adversarial epoch after {pre_epochs} pretraining")
         x_train, _ = ctx.split("train")
-        total = adv_epochs * math.ceil(len(x_train) / ctx.schedule.batch_size)
+        per_epoch = math.ceil(len(x_train) / ctx.schedule.batch_size)
+        total = adv_epochs * per_epoch
         counter = {"batch": 0}
+
+        def epoch_start(epoch: int) -> None:  # the count from the loop's epoch: right on a resumed run too
+            counter["batch"] = (epoch - 1) * per_epoch
 
         def d_loss(batch: Batch) -> dict[str, torch.Tensor]:
             if counter.get("seen") is not batch:  # first D update of a new batch: set this batch's temperature
@@ -194,7 +198,7 @@ class KDGAN(Method):
         if not frozen:
             steps.append(Step("T", opts["teacher"], players.t_loss, repeat=p.k_t))
         steps.append(Step("S", opts["student"], players.s_loss, repeat=p.k_s))
-        res = ctx.train(steps, modules, epochs=adv_epochs, evaluate=evaluate, desc="kdgan")
+        res = ctx.train(steps, modules, epochs=adv_epochs, evaluate=evaluate, desc="kdgan", on_epoch_start=epoch_start)
         history += [{"phase": "adversarial", **row, "epoch": row["epoch"] + pre_epochs} for row in res.history]
         best_epoch = res.best_epoch + pre_epochs
         if res.best_score > best:  # ties keep the earlier (pretraining) epoch, like the loop does
