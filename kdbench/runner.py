@@ -26,7 +26,7 @@ from .errors import KdbenchError
 from .measure import LoadProbe, environment, latency_ms, peak_cuda_mb, peak_rss_mb
 from .method import Context, FitResult, Method, Schedule, Targets, build_params, get_method, params_changed, params_dict
 from .models.budget import student_size_warning
-from .record import RunRecord
+from .record import RunRecord, namespaced
 from .resume import DEFAULT_EVERY_S, RunCheckpoints, run_folder
 from .teachers import (FILE_PREFIX, Teacher, checkpoint_teacher, default_recipe, default_teacher, get_teacher,
                        module_teacher_for, teacher_targets)
@@ -408,7 +408,7 @@ def _record(r: Resolved, prep: _Prepared, ctx: Context, fit: FitResult, train_ti
     if teacher is not None:  # once per run, in the record and on stderr
         warned += [w for w in [student_size_warning(metrics["params"], metrics["teacher_params"], teacher.arch)] if w]
     return RunRecord.ok(
-        r.key, record_spec(r), metrics, history=fit.history, deviations=deviations,
+        r.key, record_spec(r), namespaced(r.spec.method, metrics), history=fit.history, deviations=deviations,
         data={k: v for k, v in data.info.items() if k != "deviations"},
         teacher={"key": teacher.key, **{k: v for k, v in teacher.info.items() if k != "metrics"}} if teacher else None,
         warnings=warned,

@@ -23,7 +23,7 @@ import pandas as pd
 from .config import LATE_FIELDS, RunSpec, run_key
 from .errors import KdbenchError
 from .fields import result_columns
-from .record import SCHEMA_VERSION
+from .record import READS, SCHEMA_VERSION, upgrade
 
 RECORD_SUFFIX = ".json"
 SUMMARY_FILE = "summary.json"  # the gate's baseline summary, kept beside its records: not a record
@@ -176,8 +176,8 @@ def spec_key(spec: dict[str, Any], code_version: str, label_students: bool = Fal
 def _check_fields(rec: dict[str, Any]) -> None:
     _need("schema" in rec, "no schema version (not a kdbench run record?)")
     schema = rec["schema"]
-    _need(type(schema) is int and schema == SCHEMA_VERSION,
-          f"schema version {_short(schema)}, this kdbench reads version {SCHEMA_VERSION}")
+    _need(type(schema) is int and schema in READS,
+          f"schema version {_short(schema)}, this kdbench reads versions {', '.join(map(str, READS))}")
     for name, (types, what) in _REQUIRED.items():
         _need(name in rec, f"field '{name}' is missing")
         _typed(rec, name, types, what)
@@ -240,7 +240,7 @@ def load_record(path: Path) -> dict[str, Any] | Invalid:
         warnings.warn(f"{path}: {reason}", stacklevel=1)  # one place: shown once per file and process
         return Newer(path, reason, schema)
     reason = check_record(rec, path)
-    return rec if reason is None else Invalid(path, reason)
+    return upgrade(rec) if reason is None else Invalid(path, reason)
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -302,15 +302,17 @@ def variant_label(spec: dict[str, Any]) -> str:
 
 
 def record_to_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """Flatten one record to a tidy row: spec columns, status, scalar metrics, list metrics kept as lists."""
+    """Flatten one record to a tidy row: spec columns, status, scalar metrics, list metrics kept as
+    lists; a mapping's entries as `name.key` columns (the method's own metrics: `tcn.feature_mse`)."""
     spec = rec.get("spec", {})
     row: dict[str, Any] = {"run_key": rec["run_key"], "status": rec["status"]}
     for col in SPEC_COLUMNS:
         row[col] = spec.get(col, LATE_FIELDS.get(col))  # a late field a record leaves out is at its default
     row["variant"] = variant_label(spec)
     row["error"] = (rec.get("error") or {}).get("message") if rec["status"] != "ok" else None
+    method = spec.get("method")
     for name, value in (rec.get("metrics") or {}).items():
-        if name in row:  # spec columns win over a metric of the same name
+        if name in row and name != method:  # spec columns win over a metric of the same name
             name = f"metric.{name}"
         if isinstance(value, dict):
             for sub, v in _flatten(value, name):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -318,6 +319,22 @@ def test_timm_classifier_assignment_reaches_the_network():
     model.classifier = nn.Linear(512, 4)
     assert model.net.fc is model.classifier
     assert model(_input(CIFAR, 2)).shape == (2, 4)
+
+
+def test_tcn_trains_timm_students_through_the_cli(tmp_path, monkeypatch, capsys):
+    """TCN's students are built with `out_features` (their chunk of the teacher's features): timm
+    students take it as their head width, so the structure of TCN Table 7 runs end to end."""
+    from kdbench.cli import main
+
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDBENCH_PROGRESS", "0")
+    out = tmp_path / "out"
+    rc = main(["run", "--method", "tcn", "--mode", "ff", "--students", "2", "--student", "timm/resnet10t",
+               "--dataset", "digits", "--epochs", "1", "--max-train", "200", "--no-latency", "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    (path,) = out.glob("tcn-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "ok" and len(rec["metrics"]["params_per_student"]) == 2
 
 
 def test_timm_pretrained_loads_a_local_file_through_timm(tmp_path):

@@ -2,7 +2,7 @@
 and `RunRecord.failed` give the keys, in the order, records have always been written with, and they
 validate when read back; a record of a newer schema is skipped with one warning naming its file and
 schema, left byte for byte as it is and never rerun over, while a record without a schema or with an
-older one is read as before (invalid, with the same reason).
+unknown one is invalid; a schema-1 record (flat metrics) is read in the schema-2 layout (namespaced).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kdbench import store
-from kdbench.record import SCHEMA_VERSION, RunRecord
+from kdbench.record import SCHEMA_VERSION, SHARED_METRICS, RunRecord, namespaced
 from kdbench.sweep import SweepSpec, plan
 
 SPEC = {"method": "kd", "dataset": "mnist", "mode": None, "n_students": 1, "seed": 0, "epochs": 2,
@@ -109,7 +109,7 @@ def test_a_resumed_sweep_does_not_rerun_over_a_newer_record(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("schema, reason", [
     (None, "no schema version"),
-    (SCHEMA_VERSION - 1, f"schema version {SCHEMA_VERSION - 1}, this kdbench reads version {SCHEMA_VERSION}"),
+    (0, "schema version 0, this kdbench reads versions 1, 2"),
     (True, "schema version True"),
     (str(SCHEMA_VERSION + 1), f"schema version '{SCHEMA_VERSION + 1}'"),
     (float(SCHEMA_VERSION + 1), f"schema version {float(SCHEMA_VERSION + 1)}"),
@@ -121,3 +121,42 @@ def test_missing_older_or_mistyped_schema_is_read_as_before(tmp_path: Path, sche
         valid, invalid = store.read_records(tmp_path)
     assert valid == [] and len(invalid) == 1 and not isinstance(invalid[0], store.Newer)
     assert reason in invalid[0].reason and invalid[0].path == path
+
+
+# ------------------------------------------------------------------------------- namespaced metrics
+
+def test_a_methods_own_metrics_sit_under_its_name_and_shared_ones_at_the_top() -> None:
+    flat = {"test_acc": 90.0, "params": 10, "best_epoch": 3, "feature_mse": 0.5, "mode": "ff", "fusion": {"a": 1}}
+    out = namespaced("tcn", flat)
+    assert out == {"test_acc": 90.0, "params": 10, "best_epoch": 3, "tcn": {"feature_mse": 0.5, "mode": "ff", "fusion": {"a": 1}}}
+    assert namespaced("kd", {"test_acc": 1.0}) == {"test_acc": 1.0}  # nothing of its own: no namespace
+    assert namespaced("tcn", out) == out  # idempotent
+
+
+def test_a_schema_1_record_is_read_with_its_metrics_namespaced(tmp_path: Path) -> None:
+    """The committed records are schema 1 (flat): read, they look like the records written now,
+    and the report's columns name the method (`kd.temperature_used`)."""
+    rec = {"schema": 1, **ok_record().to_dict()}
+    rec["metrics"] = {**rec["metrics"], "temperature_used": 4.0}
+    path = store.record_path(tmp_path, rec["run_key"])
+    path.write_text(json.dumps(rec))
+    (read,), invalid = store.read_records(tmp_path)
+    assert invalid == [] and read["schema"] == SCHEMA_VERSION
+    assert read["metrics"] == {"test_acc": 97.0, "test_acc_valbest": 97.5, "kd": {"temperature_used": 4.0}}
+    row = store.record_to_row(read)
+    assert row["kd.temperature_used"] == 4.0 and row["test_acc"] == 97.0
+
+
+def test_a_new_record_holds_the_methods_own_metrics_under_its_name(tmp_path: Path, monkeypatch) -> None:
+    from kdbench.config import RunSpec
+    from kdbench.runner import execute
+
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    rec = execute(RunSpec(method="tcn", mode="ff", n_students=2, dataset="digits", epochs=1, max_train=200),
+                  tmp_path, progress=False, latency=False)
+    assert rec["status"] == "ok"
+    m = rec["metrics"]
+    assert "feature_mse" not in m and isinstance(m["tcn"]["feature_mse"], float)
+    assert m["params_per_student"] and m["test_acc"] >= 0  # the runner's measurements stay at the top
+    on_disk = json.loads(store.record_path(tmp_path, rec["run_key"]).read_text())
+    assert on_disk["schema"] == SCHEMA_VERSION and on_disk["metrics"] == m

@@ -35,6 +35,9 @@ def is_timing(key: str) -> bool:
 
 def comparable(record: dict[str, Any]) -> dict[str, Any]:
     """A record's metrics and history without timings or memory (what must match across executors)."""
-    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if not is_timing(k)}
+    def untimed(d: dict[str, Any]) -> dict[str, Any]:  # the method's namespace too (kdbench.record)
+        return {k: untimed(v) if isinstance(v, dict) else v for k, v in d.items() if not is_timing(k)}
+
+    metrics = untimed(record.get("metrics") or {})
     history = [{k: v for k, v in row.items() if k != "time_s"} for row in record.get("history") or []]
     return {"status": record.get("status"), "metrics": metrics, "history": history}

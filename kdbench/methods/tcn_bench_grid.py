@@ -92,7 +92,7 @@ def bench_alternative(s: Session) -> list[BenchRow]:
                 "test_acc_valbest": {lb: (r.get("metrics") or {}).get("test_acc_valbest") for lb, r in zip(labels, recs)},
                 "train_time_s": {lb: (r.get("metrics") or {}).get("train_time_s") for lb, r in zip(labels, recs)},
                 "targets_time_s": sum((r.get("metrics") or {}).get("targets_time_s", 0.0) for r in recs),
-                "fusion": {lb: (r.get("metrics") or {}).get("fusion") for lb, r in zip(labels, recs)}})
+                "fusion": {lb: ((r.get("metrics") or {}).get("tcn") or {}).get("fusion") for lb, r in zip(labels, recs)}})
             return wall
 
         times = interleave({"alternative": alternative, "kdbench": default}, s.cfg.n_long_rounds)

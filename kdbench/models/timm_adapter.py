@@ -56,9 +56,11 @@ def create_timm_model(
     pretrained_path: str | Path | None = None,
     pretrained: bool = False,
     pretrained_file: str | Path | None = None,
+    out_features: int | None = None,
     **timm_kwargs: Any,
 ) -> TimmModel:
-    """`timm.create_model(arch, pretrained=..., num_classes=K, in_chans=C, **timm_kwargs)`, wrapped.
+    """`timm.create_model(arch, pretrained=..., num_classes=K, in_chans=C, **timm_kwargs)`, wrapped;
+    `out_features` (a TCN student's chunk of the teacher's features) replaces K as the zoo's models do.
 
     Pretrained weights expect their own input statistics: with `pretrained` and no `normalize`, the
     model normalises with the mean/std of timm's pretrained config."""
@@ -74,7 +76,8 @@ def create_timm_model(
             raise KdbenchError(f"timm/{arch}: pretrained_file '{pretrained_file}' does not exist")
         pretrained, timm_kwargs["pretrained_cfg_overlay"] = True, {"file": str(pretrained_file)}
     try:
-        net = timm.create_model(arch, pretrained=pretrained, num_classes=spec.num_classes, in_chans=c, **timm_kwargs)
+        net = timm.create_model(arch, pretrained=pretrained, num_classes=out_features or spec.num_classes, in_chans=c,
+                                **timm_kwargs)
     except TypeError as e:
         raise KdbenchError(f"timm/{arch}: bad options {sorted(timm_kwargs)} ({e})") from None
     except (OSError, RuntimeError) as e:  # no network, no hub weights for this name, or a file of another net

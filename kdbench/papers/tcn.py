@@ -24,6 +24,12 @@ from ..report.tables import (acc_short, busy_cells, busy_note, cell_keys, csv_fr
                              latency_note, per_student, table, teacher_label, teacher_summary)
 
 METHOD_DISPLAY.add("tcn", MethodDisplay("TCN", 60, show_n=True))  # its label always says how many students
+OWN = "tcn."  # the columns of TCN's own metrics (metrics["tcn"] of its records, kdbench.record)
+
+
+def no_finetune(column: str) -> str:
+    """TCN's accuracy before the head's fine-tuning, for the report's accuracy `column`."""
+    return f"{OWN}{column}_no_finetune"
 
 
 # ---------------------------------------------------------------------------------- kdbench's tables
@@ -60,13 +66,13 @@ def tcn_table3(ctx: Context) -> Table | Skipped:
 @table(30, "tcn_table1_feature_mse", "TCN Table 1: per-student feature MSE")
 def tcn_table1(ctx: Context) -> Table | Skipped:
     df = ctx.df[ctx.df["method"] == "tcn"]
-    lists = list_metric(df, "feature_mse_per_student")
+    lists = list_metric(df, OWN + "feature_mse_per_student")
     if not any(lists):
         return Skipped("tcn_table1_feature_mse", "TCN Table 1 (per-student feature MSE)",
                        "no TCN run records with `feature_mse_per_student`")
     keys, extras = cell_keys(df)
     long_rows = []
-    for (_, r), values, combined in zip(df.iterrows(), lists, numeric(df, "feature_mse")):
+    for (_, r), values, combined in zip(df.iterrows(), lists, numeric(df, OWN + "feature_mse")):
         cell = {k: r[k] for k in keys}
         long_rows += [{**cell, "student_index": j, "feature_mse": v} for j, v in enumerate(values, start=1)]
         if np.isfinite(combined):
@@ -88,11 +94,11 @@ def tcn_table1(ctx: Context) -> Table | Skipped:
 
 @table(40, "tcn_table2_finetune", "TCN Table 2: with and without fine-tuning")
 def tcn_table2(ctx: Context) -> Table | Skipped:
-    col, col_nf = ctx.accuracy.column, ctx.accuracy.no_finetune_column
+    col, col_nf = ctx.accuracy.column, no_finetune(ctx.accuracy.column)
     df = ctx.df[ctx.df["method"] == "tcn"].copy()
     if df.empty or not (has_values(df, col) or has_values(df, col_nf)):
         return Skipped("tcn_table2_finetune", "TCN Table 2 (fine-tuning)", f"no TCN run records with `{col}`")
-    flags = df["finetuned"] if "finetuned" in df.columns else pd.Series(False, index=df.index)
+    flags = df[OWN + "finetuned"] if OWN + "finetuned" in df.columns else pd.Series(False, index=df.index)
     tuned = flags.map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False).to_numpy(dtype=bool)
     acc, acc_nf = numeric(df, col), numeric(df, col_nf)
     df["without"] = np.where(tuned, acc_nf, acc)
@@ -197,7 +203,7 @@ def tcn_table8(ctx: Context) -> Table | Skipped:
     if df.empty:
         return Skipped("tcn_table8_training_time", "TCN Table 8 (training time)", "no run records with `train_time_s`")
     keys, extras = cell_keys(df)
-    df = df.assign(time_per_student=per_student(df, "train_time_per_student_s", "train_time_s"),
+    df = df.assign(time_per_student=per_student(df, OWN + "train_time_per_student_s", "train_time_s"),
                    flops_each=per_student(df, "flops_per_student", "flops"))
     quantities = {"epochs_run": "Epochs", "epoch_time_s": "Seconds / epoch",
                   "time_per_student": "Seconds / student", "train_time_s": "Total fit (s)"}
@@ -282,7 +288,7 @@ def _tcn_table1(ctx: Context) -> Comparison:
         j = int(r.student)
         ident = {"dataset": r.dataset, "mode": r.mode, "students": r.n_students, "student": r.student}
         rows.append(RefRow(ident, r.dataset, num(r.feature_mse), method_runs("tcn", r.mode, integer(r.n_students)),
-                           list_item("feature_mse_per_student", j - 1)))
+                           list_item(OWN + "feature_mse_per_student", j - 1)))
     return Comparison("paper_tcn_table1", "Paper vs kdbench: TCN Table 1 (per-student feature MSE)", rows,
                       sig_fmt, ["kdbench: `feature_mse_per_student` on val, in chunk order. The paper's feature "
                                  "scale (teacher, normalisation) may differ from kdbench's."])
@@ -290,10 +296,10 @@ def _tcn_table1(ctx: Context) -> Comparison:
 
 @tcn_comparison(30, "tcn_table2")
 def _tcn_table2(ctx: Context) -> Comparison:
-    acc, acc_nf = ctx.accuracy.column, ctx.accuracy.no_finetune_column
+    acc, acc_nf = ctx.accuracy.column, no_finetune(ctx.accuracy.column)
 
     def tuned(df: pd.DataFrame) -> np.ndarray:
-        flags = df["finetuned"] if "finetuned" in df.columns else pd.Series(False, index=df.index)
+        flags = df[OWN + "finetuned"] if OWN + "finetuned" in df.columns else pd.Series(False, index=df.index)
         return flags.map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False).to_numpy(dtype=bool)
 
     def without(df: pd.DataFrame) -> pd.Series:
@@ -380,7 +386,7 @@ def _tcn_table8(ctx: Context) -> Comparison:
         for q, pub, value in (("epochs", r.epochs, column("epochs_run")),
                               ("seconds per epoch", r.seconds_per_epoch, column("epoch_time_s")),
                               ("seconds per student", r.total_seconds,
-                               each("train_time_per_student_s", "train_time_s"))):
+                               each(OWN + "train_time_per_student_s", "train_time_s"))):
             ident = {"dataset": r.dataset, "mode": r.mode, "students": str(n), "quantity": q}
             rows.append(RefRow(ident, r.dataset, num(pub), method_runs("tcn", r.mode, n), value, r.note))
     return Comparison("paper_tcn_table8", "Paper vs kdbench: TCN Table 8 (training time per student)", rows,
@@ -438,7 +444,7 @@ def tcn_vs_students(ctx: Context, out: Path) -> Figure:
 def feature_mse(ctx: Context, out: Path) -> Figure:
     title = "Per-student feature MSE (val)"
     df = ctx.df[ctx.df["method"] == "tcn"]
-    lists = list_metric(df, "feature_mse_per_student")
+    lists = list_metric(df, OWN + "feature_mse_per_student")
     if not any(lists):
         return Figure("feature_mse", title, reason="no TCN run records with `feature_mse_per_student`")
     extras = varying_extras(df)
@@ -475,10 +481,10 @@ GAN_VARIANTS = {"code-faithful": "the official Keras code: the student is traine
 @NOTES.register("tcn_gan_variant")
 def gan_variant_notes(df: pd.DataFrame) -> list[str]:
     """Which TCN GAN variant the `gan` cells ran: the two differ by tens of points on MNIST."""
-    if not len(df) or "gan_variant" not in df.columns or "mode" not in df.columns:
+    if not len(df) or OWN + "gan_variant" not in df.columns or "mode" not in df.columns:
         return []
     gan = df[(df["method"] == "tcn") & (df["mode"] == "gan")]
-    counts = gan["gan_variant"].dropna().astype(str).value_counts()
+    counts = gan[OWN + "gan_variant"].dropna().astype(str).value_counts()
     return [f"TCN GAN cells: `gan_variant={v}` ({GAN_VARIANTS.get(v, 'see docs/methods.md')}), {c}/{len(gan)} runs."
             for v, c in sorted(counts.items())]
 

@@ -50,15 +50,12 @@ class AccuracyChoice:
     """Which recorded accuracy a table shows (never selected on test: val-best or last epoch)."""
 
     column: str
-    no_finetune_column: str
     label: str
 
 
 ACCURACY: Registry[AccuracyChoice] = Registry("accuracy selection")
-ACCURACY.add("valbest", AccuracyChoice("test_acc_valbest", "test_acc_valbest_no_finetune",
-                                       "test top-1 (%) at the val-best epoch (`test_acc_valbest`)"))
-ACCURACY.add("last", AccuracyChoice("test_acc", "test_acc_no_finetune",
-                                    "test top-1 (%) at the last epoch (`test_acc`)"))
+ACCURACY.add("valbest", AccuracyChoice("test_acc_valbest", "test top-1 (%) at the val-best epoch (`test_acc_valbest`)"))
+ACCURACY.add("last", AccuracyChoice("test_acc", "test top-1 (%) at the last epoch (`test_acc`)"))
 
 
 @dataclass
