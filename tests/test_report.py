@@ -17,6 +17,7 @@ import pytest
 from kdbench import stats, store
 from kdbench.cli import report_cmd
 from kdbench.errors import KdbenchError
+from kdbench.record import namespaced
 from kdbench.report import build_report
 from kdbench.report.context import Context
 from kdbench.report.data import ACCURACY, load
@@ -48,7 +49,7 @@ def _write(out: Path, method: str, mode: str | None, n: int, seed: int, metrics:
     base = {"teacher_test_acc": 98.9, "teacher_params": 2380938, "teacher_flops": 26_460_000}
     teacher = {"key": f"paper-mnist-teacher-{dataset}", "arch": "paper-mnist-teacher", "dataset": dataset, "source": "trained",
                "recipe": {"optimizer": "adam", "lr": 0.001, "epochs": 6, "batch_size": 128, "weight_decay": 0.0}}
-    write_record(out, {"run_key": key, "status": "ok", "spec": spec, "metrics": {**base, **metrics},
+    write_record(out, {"run_key": key, "status": "ok", "spec": spec, "metrics": namespaced(method, {**base, **metrics}),
                        "deviations": list(devs), "env": ENV, "teacher": teacher, "code_version": "test",
                        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:40+00:00"})
 
@@ -382,7 +383,7 @@ def test_gan_cells_say_which_variant_ran():
     from kdbench.papers.tcn import gan_variant_notes
 
     df = pd.DataFrame({"method": ["tcn", "tcn", "tcn", "kd"], "mode": ["gan", "gan", "ff", ""],
-                       "gan_variant": ["code-faithful", "paper-intent", "code-faithful", None]})
+                       "tcn.gan_variant": ["code-faithful", "paper-intent", "code-faithful", None]})
     notes = gan_variant_notes(df)
     assert len(notes) == 2 and "code-faithful" in notes[0] and notes[0].endswith("1/2 runs.") and "paper-intent" in notes[1]
     assert gan_variant_notes(df[df["mode"] != "gan"]) == []

@@ -176,7 +176,7 @@ def test_dense_as_a_layer_name_or_a_function_gives_the_same_features(data, env):
     by_name = kdbench.run("tcn", teacher=t, dense="3", **tcn)
     by_fn = kdbench.run("tcn", teacher=t, dense=lambda m, x: m[2](m[1](m[0](x))), **tcn)
     assert by_fn["teacher"]["dense"].startswith("fn:") and by_fn["teacher"]["key"] != by_name["teacher"]["key"]
-    assert by_name["metrics"]["teacher_dense_width"] == by_fn["metrics"]["teacher_dense_width"] == 32
+    assert by_name["metrics"]["tcn"]["teacher_dense_width"] == by_fn["metrics"]["tcn"]["teacher_dense_width"] == 32
     for metric in ("test_acc", "test_acc_valbest", "val_acc"):
         assert by_fn["metrics"][metric] == by_name["metrics"][metric], metric
 
