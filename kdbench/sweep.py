@@ -31,6 +31,7 @@ from .config import RunSpec
 from .errors import KdbenchError
 from .fields import ALIASES, SHAPED, Options, Seeds, axis_values, param_values, scalar_value
 from .registry import Registry
+from .resume import run_folder
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_DATASET = "mnist"
@@ -400,7 +401,7 @@ def check_params(params: Mapping[str, Any], methods: Sequence[str], where: str =
 # Plan: resolved runs and what is already done
 # ---------------------------------------------------------------------------------------------
 PLAN_STATES = {"done": "done", "failed": "failed before, will rerun", "invalid": "invalid record, will rerun",
-               "todo": "to run"}
+               "todo": "to run", "partial": "stopped in training, resumes from its checkpoint"}
 
 
 @dataclass(frozen=True)
@@ -461,6 +462,8 @@ def plan(spec: SweepSpec, out_dir: str | Path, limit: int | None = MAX_RUNS) -> 
             status = "done" if isinstance(rec, store.Newer) else "invalid"
         else:
             status = "todo" if rec is None else ("done" if rec.get("status") == "ok" else "failed")
+        if status == "todo" and any(run_folder(out, r.key).glob("loop-*.pt")):  # kdbench.resume
+            status = "partial"
         planned.append(PlannedRun(r, status, asked))
     return planned
 

@@ -118,3 +118,17 @@ def test_bad_checkpoint_interval_is_one_line(bad):
     with pytest.raises(KdbenchError, match="checkpoint_every"):
         every_seconds(bad)
     assert every_seconds("off") is None and every_seconds("0") == 0.0
+
+
+def test_the_dry_run_names_a_run_stopped_in_training(tmp_path):
+    from kdbench.resume import run_folder
+    from kdbench.sweep import PLAN_STATES, SweepSpec, plan
+
+    spec = SweepSpec.build(overrides={"method": "student", "dataset": "digits", "seeds": "1"})
+    (first,) = plan(spec, tmp_path)
+    assert first.status == "todo"
+    folder = run_folder(tmp_path, first.key)
+    folder.mkdir(parents=True)
+    (folder / "loop-1.pt").write_bytes(b"")
+    (again,) = plan(spec, tmp_path)
+    assert again.status == "partial" and "resumes" in PLAN_STATES[again.status]

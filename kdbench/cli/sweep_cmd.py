@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         print_table(result.plan_table().to_dict("records"))
         states = [p.status for p in result.planned]
         invalid = f"{states.count('invalid')} invalid records (will rerun), " if "invalid" in states else ""
+        partial = f", {states.count('partial')} stopped in training (resume from their checkpoints)" if "partial" in states else ""
         print(f"{states.count('done')} done, {states.count('failed')} failed before (will rerun), {invalid}"
-              f"{states.count('todo')} to run; dry run: nothing was run")
+              f"{states.count('todo')} to run{partial}; dry run: nothing was run")
         return 0
     print()
     print_table(result.summary().to_dict("records"))
