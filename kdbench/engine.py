@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DivergenceError, KdbenchError
-from .resume import LoopCheckpoint, rng_state, set_rng_state
+from .resume import LoopCheckpoint, restore_training, training_state
 
 LossDict = dict[str, torch.Tensor]
 log = logging.getLogger("kdbench.train")
@@ -280,17 +280,7 @@ def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callabl
     saved = checkpoint.load(fingerprint) if checkpoint is not None else None
     done, prior_s = 0, 0.0
     if saved is not None:
-        for name, m in modules.items():
-            m.load_state_dict(saved["modules"][name])
-        for st, sd in zip(steps, saved["optimizers"]):
-            st.optimizer.load_state_dict(sd)
-        for sch, sd in zip(schedulers, saved["schedulers"]):
-            sch.load_state_dict(sd)
-        for sc, sd in zip(scalers, saved["scalers"]):
-            sc.load_state_dict(sd)
-        for g, gs in zip(gens, saved["gens"]):
-            g.set_state(gs)
-        set_rng_state(saved["rng"])
+        restore_training(saved, modules, [st.optimizer for st in steps], schedulers, scalers, gens)
         done, prior_s, history = saved["epoch"], saved["elapsed_s"], saved["history"]
         best_score, best_epoch, best_state = saved["best_score"], saved["best_epoch"], saved["best_state"]
         member_best = [[MemberBest(*b) for b in mb] for mb in saved["member_best"]]
@@ -354,12 +344,9 @@ def _loop(steps: Sequence[Step], modules: dict[str, nn.Module], batches: Callabl
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
             if checkpoint is not None and (checkpoint.due() or (epoch == epochs and checkpoint.path.is_file())):
                 checkpoint.save({
+                    **training_state(modules, [st.optimizer for st in steps], schedulers, scalers, gens),
                     "fingerprint": fingerprint, "epoch": epoch, "elapsed_s": prior_s + time.perf_counter() - t_start,
-                    "modules": {n: m.state_dict() for n, m in modules.items()},
-                    "optimizers": [st.optimizer.state_dict() for st in steps],
-                    "schedulers": [sch.state_dict() for sch in schedulers], "scalers": [sc.state_dict() for sc in scalers],
-                    "gens": [g.get_state() for g in gens], "rng": rng_state(), "history": history,
-                    "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state,
+                    "history": history, "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state,
                     "member_best": [[[b.score, b.epoch, b.state] for b in mb] for mb in member_best]})
     finally:
         bar.close()

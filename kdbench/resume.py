@@ -122,6 +122,28 @@ class LoopCheckpoint:
         self._last = time.perf_counter()
 
 
+def training_state(modules: dict[str, Any], optimizers: list[Any], schedulers: Any, scalers: list[Any],
+                   gens: Any) -> dict[str, Any]:
+    """What a loop's training continues from: module, optimiser, scheduler, scaler and generator
+    states and torch's global random state (the loop adds its history and selection)."""
+    return {"modules": {n: m.state_dict() for n, m in modules.items()},
+            "optimizers": [o.state_dict() for o in optimizers], "schedulers": [s.state_dict() for s in schedulers],
+            "scalers": [s.state_dict() for s in scalers], "gens": [g.get_state() for g in gens], "rng": rng_state()}
+
+
+def restore_training(state: dict[str, Any], modules: dict[str, Any], optimizers: list[Any], schedulers: Any,
+                     scalers: list[Any], gens: Any) -> None:
+    """Load what `training_state` saved into the loop's objects."""
+    for name, m in modules.items():
+        m.load_state_dict(state["modules"][name])
+    for objs, key in ((optimizers, "optimizers"), (schedulers, "schedulers"), (scalers, "scalers")):
+        for obj, sd in zip(objs, state[key]):
+            obj.load_state_dict(sd)
+    for g, gs in zip(gens, state["gens"]):
+        g.set_state(gs)
+    set_rng_state(state["rng"])
+
+
 def rng_state() -> dict[str, Any]:
     """torch's global random state (CPU, and every CUDA device's when present)."""
     import torch
