@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kdbench import store
-from kdbench.record import SCHEMA_VERSION, SHARED_METRICS, RunRecord, namespaced
+from kdbench.record import SCHEMA_VERSION, RunRecord, namespaced
 from kdbench.sweep import SweepSpec, plan
 
 SPEC = {"method": "kd", "dataset": "mnist", "mode": None, "n_students": 1, "seed": 0, "epochs": 2,
