@@ -194,6 +194,19 @@ def test_takd_table_and_significance(tmp_path: Path):
     assert set(cmp.data[cmp.data["family"] == "plain_cnn"]["verdict"]) == {"not run"}
 
 
+def test_takd_comparison_matches_the_papers_resnet8_with_the_option_b_student(tmp_path: Path):
+    res = tmp_path / "takd-b"
+    for method, v in (("student", 80.0), ("kd", 81.0), ("takd", 82.0)):
+        for seed in range(2):
+            _write(res, method, None, 1, seed, {"test_acc_valbest": v + seed, "test_acc": v}, dataset="cifar10-jpeg",
+                   student="resnet8b")
+    ctx = ctx_for(res)
+    cmp = build_comparison(ctx, COMPARISONS.get("takd_table1")(ctx)).data
+    resnet = cmp[cmp["family"] == "resnet"].set_index("method")
+    assert resnet.loc["TAKD", "diff"] == pytest.approx(82.5 - 88.98)
+    assert resnet.loc["no KD", "diff"] == pytest.approx(80.5 - 88.52)
+
+
 def test_paper_vs_kdbench_table3(records: Path):
     ctx = ctx_for(records)
     t = build_comparison(ctx, COMPARISONS.get("tcn_table3")(ctx))
