@@ -9,10 +9,13 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdbench.api import check_student_scales
 from kdbench.cli import main
 from kdbench.config import RunSpec
+from kdbench.data import DataSpec
+from kdbench.models import create_model
 from kdbench.sweep import SweepSpec, plan, resolve_all
 
 DIGITS = {"dataset": "digits", "seeds": 2}
@@ -207,6 +210,20 @@ def test_takd_size_presets_expand_to_their_grids():
     shared = {p.key for p in ta if p.spec.method != "takd"}
     assert shared <= {p.key for p in teacher}
 
+
+def test_takd_table1_cpu_preset_holds_both_rows_and_shares_the_size_study_runs(monkeypatch, tmp_path):
+    weights = tmp_path / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th"
+    weights.parent.mkdir()
+    torch.save(create_model("resnet56", DataSpec((3, 32, 32), 10)).state_dict(), weights)  # planning hashes it
+    monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+    table = plan(SweepSpec.build(preset="takd-table1-cpu"), "/nonexistent")
+    assert len(table) == 2 * 3 * 3 and {p.spec.max_train for p in table} == {10000}
+    rows = {(p.spec.student, p.spec.epochs, tuple(p.spec.params.get("assistants", ()))) for p in table if p.spec.method == "takd"}
+    assert rows == {("plain2", 30, ("plain4",)), ("resnet8b", 40, ("resnet14b",))}
+    assert {p.spec.teacher for p in table if p.spec.student == "resnet8b" and p.spec.method != "student"} == {
+        "file:resnet56=$KDBENCH_WEIGHTS/cifar10-resnet-akamaster/resnet56-4bfd9763.th"}  # portable: keys hold no local path
+    plain = {p.key for p in table if p.spec.student == "plain2"}
+    assert plain <= {p.key for p in plan(SweepSpec.build(preset="takd-size-ta"), "/nonexistent")}
 
 def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
     """64-token SST-2 makes the relative budget of 8 students 17k parameters, which no text student
