@@ -225,6 +225,17 @@ def test_takd_table1_cpu_preset_holds_both_rows_and_shares_the_size_study_runs(m
     plain = {p.key for p in table if p.spec.student == "plain2"}
     assert plain <= {p.key for p in plan(SweepSpec.build(preset="takd-size-ta"), "/nonexistent")}
 
+def test_ft_cifar10_cpu_preset_crosses_three_methods_over_one_pretrained_teacher(monkeypatch, tmp_path):
+    weights = tmp_path / "cifar10-resnet-akamaster" / "resnet20-12fca82f.th"
+    weights.parent.mkdir()
+    torch.save(create_model("resnet20", DataSpec((3, 32, 32), 10)).state_dict(), weights)
+    monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+    table = plan(SweepSpec.build(preset="ft-cifar10-cpu"), "/nonexistent")
+    assert sorted((p.spec.method, p.spec.seed) for p in table) == [(m, s) for m in ("ft", "kd", "student") for s in range(3)]
+    assert {(p.spec.student, p.spec.epochs, p.spec.max_train) for p in table} == {("resnet8", 40, 10000)}
+    assert {p.spec.teacher for p in table if p.spec.method != "student"} == {
+        "file:resnet20=$KDBENCH_WEIGHTS/cifar10-resnet-akamaster/resnet20-12fca82f.th"}
+
 def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
     """64-token SST-2 makes the relative budget of 8 students 17k parameters, which no text student
     with a 5,000-word embedding meets: one line, exit 2, no teacher trained (and the preset asks only
