@@ -32,12 +32,16 @@ from .models.placement import memory_format_name
 class StopRule:
     """When a quiet latency measurement stops: after `warmup` untimed calls, timed calls are added
     until the `confidence` CI of their median is within `rel_halfwidth` of the median (at least
-    `min_repeats` calls), or until `max_repeats` calls or `max_seconds` of timing (then `capped`)."""
+    `min_repeats` calls and `min_seconds` of timed calls, or `max_repeats` calls if those come first),
+    or until `max_repeats` calls or `max_seconds` of timing (then `capped`). `min_seconds` is there
+    because a CI over a few milliseconds of calls is narrow but not repeatable: the same sub-ms
+    model timed for 5 ms read 0.46 to 0.80 ms in three back-to-back passes."""
 
     rel_halfwidth: float = 0.10
     confidence: float = 0.95
     warmup: int = 5
     min_repeats: int = 10
+    min_seconds: float = 0.5
     max_repeats: int = 2000
     max_seconds: float = 10.0
 
@@ -95,10 +99,12 @@ def sample_until(sample: Callable[[], float], rule: StopRule, clock: Callable[[]
         n = len(times)
         median = statistics.median(times)
         ci = median_ci(times, rule.confidence)
-        if n >= rule.min_repeats and ci_within(median, ci, rule.rel_halfwidth):
-            return Timing(median, ci, n, False, clock() - start)
-        if n >= rule.max_repeats or clock() - start >= rule.max_seconds:
-            return Timing(median, ci, n, True, clock() - start)
+        elapsed = clock() - start
+        settled = n >= rule.min_repeats and ci_within(median, ci, rule.rel_halfwidth)
+        if settled and (elapsed >= rule.min_seconds or n >= rule.max_repeats):
+            return Timing(median, ci, n, False, elapsed)
+        if n >= rule.max_repeats or elapsed >= rule.max_seconds:
+            return Timing(median, ci, n, True, elapsed)
 
 
 # set by `adaptive_timing`: the rule every `time_forward` below follows, and where its Timings go

@@ -51,7 +51,7 @@ class FakeTimer:
 
 
 def test_stopping_rule_stops_once_the_ci_of_the_median_is_within_10_percent():
-    rule = StopRule(max_repeats=5000, max_seconds=1e9)
+    rule = StopRule(max_repeats=5000, min_seconds=0.0, max_seconds=1e9)
     for sigma in (0.02, 0.2, 0.5):
         timer = FakeTimer(10.0, sigma)
         t = sample_until(timer.sample, rule, timer.clock)
@@ -60,8 +60,19 @@ def test_stopping_rule_stops_once_the_ci_of_the_median_is_within_10_percent():
         assert t.ci_ms[0] <= t.median_ms <= t.ci_ms[1]
         assert abs(t.median_ms - 10.0) <= 1.0  # within 10% of the true median
     # more noise needs more calls; tight noise stops at the minimum
-    assert sample_until(FakeTimer(10.0, 0.02).sample, rule).repeats == rule.min_repeats
-    assert sample_until(FakeTimer(10.0, 0.5).sample, rule).repeats > 50
+    timer = FakeTimer(10.0, 0.02)
+    assert sample_until(timer.sample, rule, timer.clock).repeats == rule.min_repeats
+    timer = FakeTimer(10.0, 0.5)
+    assert sample_until(timer.sample, rule, timer.clock).repeats > 50
+
+
+def test_stopping_rule_times_at_least_min_seconds_unless_max_repeats_comes_first():
+    timer = FakeTimer(10.0, 0.02)  # settled after 10 calls = 0.1 s of timing
+    t = sample_until(timer.sample, StopRule(min_seconds=0.5, max_seconds=1e9), timer.clock)
+    assert not t.capped and t.seconds >= 0.5 and 50 <= t.repeats <= 51
+    timer = FakeTimer(0.1, 0.02)  # 0.1 ms calls: 2000 calls are 0.2 s, short of min_seconds
+    t = sample_until(timer.sample, StopRule(min_seconds=0.5, max_repeats=2000, max_seconds=1e9), timer.clock)
+    assert not t.capped and t.repeats == 2000 and t.seconds < 0.5
 
 
 def test_stopping_rule_caps_on_calls_and_on_seconds_and_says_so():

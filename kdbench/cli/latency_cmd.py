@@ -20,6 +20,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="time again runs that already have quiet latencies")
     p.add_argument("--rel-ci", type=float, default=0.10, metavar="R",
                    help="stop when the 95%% CI of the median is within R of it (default 0.10)")
+    p.add_argument("--min-seconds", type=float, default=0.5, metavar="S",
+                   help="time at least S seconds of calls per timing, unless --max-repeats comes first (default 0.5)")
     p.add_argument("--max-seconds", type=float, default=10.0, metavar="S",
                    help="cap per timing, in seconds of timed calls (default 10)")
     p.add_argument("--max-repeats", type=int, default=2000, metavar="N", help="cap per timing, in calls (default 2000)")
@@ -36,9 +38,12 @@ def stop_rule(args: argparse.Namespace) -> Any:
         raise KdbenchError(f"--rel-ci must be in (0, 1), got {args.rel_ci}")
     if not args.max_seconds > 0.0:
         raise KdbenchError(f"--max-seconds must be > 0, got {args.max_seconds}")
+    if not 0.0 <= args.min_seconds <= args.max_seconds:
+        raise KdbenchError(f"--min-seconds must be in [0, --max-seconds], got {args.min_seconds}")
     if args.max_repeats < 6:
         raise KdbenchError(f"--max-repeats must be >= 6 (fewer calls bound no 95% CI of a median), got {args.max_repeats}")
-    return StopRule(rel_halfwidth=args.rel_ci, max_seconds=args.max_seconds, max_repeats=args.max_repeats)
+    return StopRule(rel_halfwidth=args.rel_ci, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                    max_repeats=args.max_repeats)
 
 
 def run(args: argparse.Namespace) -> int:
