@@ -236,6 +236,20 @@ def test_ft_cifar10_cpu_preset_crosses_three_methods_over_one_pretrained_teacher
     assert {p.spec.teacher for p in table if p.spec.method != "student"} == {
         "file:resnet20=$KDBENCH_WEIGHTS/cifar10-resnet-akamaster/resnet20-12fca82f.th"}
 
+def test_tcn_table3_cifar10_cpu_preset_runs_ff_on_three_seeds_and_the_gan_on_one(monkeypatch, tmp_path):
+    weights = tmp_path / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th"
+    weights.parent.mkdir()
+    torch.save(create_model("resnet56", DataSpec((3, 32, 32), 10)).state_dict(), weights)
+    monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+    table = plan(SweepSpec.build(preset="tcn-table3-cifar10-cpu"), "/nonexistent")
+    cells = sorted((p.spec.method, p.spec.mode or "", p.spec.params.get("gan_variant", ""), p.spec.n_students, p.spec.seed)
+                   for p in table if p.spec.method == "tcn" and p.spec.mode == "gan")
+    assert cells == [("tcn", "gan", "code-faithful", 4, 0)] + [("tcn", "gan", "paper-intent", n, 0) for n in (1, 2, 4, 8)]
+    ff = [p for p in table if p.spec.mode == "ff"]
+    assert sorted({p.spec.n_students for p in ff}) == [1, 2, 4, 8] and {p.spec.seed for p in ff} == {0, 1, 2}
+    assert len(table) == 6 + 12 + 5 and {p.spec.val_fraction for p in table} == {0.2}
+    assert {p.spec.epochs for p in table if p.spec.mode == "gan"} == {10}
+
 def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
     """64-token SST-2 makes the relative budget of 8 students 17k parameters, which no text student
     with a 5,000-word embedding meets: one line, exit 2, no teacher trained (and the preset asks only
