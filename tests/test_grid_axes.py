@@ -211,11 +211,16 @@ def test_takd_size_presets_expand_to_their_grids():
     assert shared <= {p.key for p in teacher}
 
 
-def test_takd_table1_cpu_preset_holds_both_rows_and_shares_the_size_study_runs(monkeypatch, tmp_path):
-    weights = tmp_path / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th"
-    weights.parent.mkdir()
-    torch.save(create_model("resnet56", DataSpec((3, 32, 32), 10)).state_dict(), weights)  # planning hashes it
+def shared_weights_stand_in(tmp_path, monkeypatch, arch: str, file: str) -> None:
+    """A zoo `arch` state dict where the shared pretrained weights would be (planning hashes the file)."""
+    weights = tmp_path / "cifar10-resnet-akamaster" / file
+    weights.parent.mkdir(exist_ok=True)
+    torch.save(create_model(arch, DataSpec((3, 32, 32), 10)).state_dict(), weights)
     monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+
+
+def test_takd_table1_cpu_preset_holds_both_rows_and_shares_the_size_study_runs(monkeypatch, tmp_path):
+    shared_weights_stand_in(tmp_path, monkeypatch, "resnet56", "resnet56-4bfd9763.th")
     table = plan(SweepSpec.build(preset="takd-table1-cpu"), "/nonexistent")
     assert len(table) == 2 * 3 * 3 and {p.spec.max_train for p in table} == {10000}
     rows = {(p.spec.student, p.spec.epochs, tuple(p.spec.params.get("assistants", ()))) for p in table if p.spec.method == "takd"}
@@ -226,10 +231,7 @@ def test_takd_table1_cpu_preset_holds_both_rows_and_shares_the_size_study_runs(m
     assert plain <= {p.key for p in plan(SweepSpec.build(preset="takd-size-ta"), "/nonexistent")}
 
 def test_ft_cifar10_cpu_preset_crosses_three_methods_over_one_pretrained_teacher(monkeypatch, tmp_path):
-    weights = tmp_path / "cifar10-resnet-akamaster" / "resnet20-12fca82f.th"
-    weights.parent.mkdir()
-    torch.save(create_model("resnet20", DataSpec((3, 32, 32), 10)).state_dict(), weights)
-    monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+    shared_weights_stand_in(tmp_path, monkeypatch, "resnet20", "resnet20-12fca82f.th")
     table = plan(SweepSpec.build(preset="ft-cifar10-cpu"), "/nonexistent")
     assert sorted((p.spec.method, p.spec.seed) for p in table) == [(m, s) for m in ("ft", "kd", "student") for s in range(3)]
     assert {(p.spec.student, p.spec.epochs, p.spec.max_train) for p in table} == {("resnet8", 40, 10000)}
@@ -237,10 +239,7 @@ def test_ft_cifar10_cpu_preset_crosses_three_methods_over_one_pretrained_teacher
         "file:resnet20=$KDBENCH_WEIGHTS/cifar10-resnet-akamaster/resnet20-12fca82f.th"}
 
 def test_tcn_table3_cifar10_cpu_preset_runs_ff_on_three_seeds_and_the_gan_on_one(monkeypatch, tmp_path):
-    weights = tmp_path / "cifar10-resnet-akamaster" / "resnet56-4bfd9763.th"
-    weights.parent.mkdir()
-    torch.save(create_model("resnet56", DataSpec((3, 32, 32), 10)).state_dict(), weights)
-    monkeypatch.setenv("KDBENCH_WEIGHTS", str(tmp_path))
+    shared_weights_stand_in(tmp_path, monkeypatch, "resnet56", "resnet56-4bfd9763.th")
     table = plan(SweepSpec.build(preset="tcn-table3-cifar10-cpu"), "/nonexistent")
     cells = sorted((p.spec.method, p.spec.mode or "", p.spec.params.get("gan_variant", ""), p.spec.n_students, p.spec.seed)
                    for p in table if p.spec.method == "tcn" and p.spec.mode == "gan")
