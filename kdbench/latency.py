@@ -5,7 +5,8 @@ spread by hundreds of percent. This pass times the deployed predictors of finish
 another, in one process, with torch's threads pinned (`threads`, default 1, recorded), a warm-up,
 and as many timed calls as it takes for the 95% CI of the median (distribution-free, from order
 statistics: `measure.median_ci`) to lie within 10% of the median, up to a cap on calls and seconds
-that is recorded when hit (`measure.StopRule`). It is the last step of `kdbench sweep` and the
+that is recorded when hit (`measure.StopRule`), in interleaved rounds whose calls are pooled
+(`quiet_pass`). It is the last step of `kdbench sweep` and the
 command `kdbench latency RESULTS_DIR`; results go into the records (atomically) under the in-run
 names (`latency_ms_b1`, `latency_ms_b256`, `latency.*`) with `latency_quiet: true`, the CI, the
 repeats and the thread count in `latency_pass`, and the machine's load in `env.load.latency`.
@@ -16,13 +17,13 @@ A forward pass costs the same whatever the weight values (dense float kernels; t
 denormal floats, would make trained weights slower, not faster), so this times the architecture
 that was trained without storing a copy of every model. The rebuilt predictor must have the
 record's parameter count, else the record is skipped with that reason. Teachers are rebuilt the
-same way (never trained here) and timed once per teacher per pass.
+same way (never trained here) and timed once per teacher per round.
 """
 from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -31,11 +32,12 @@ import torch
 from torch import nn
 
 from . import store
-from .engine import torch_threads
+from .engine import progress_enabled, torch_threads
 from .errors import KdbenchError
 from .measure import LoadProbe, StopRule, Timing, adaptive_timing, environment, latency_ms
 
 DEFAULT_THREADS = 1
+DEFAULT_ROUNDS = 3
 BATCHES = (1, 256)
 LOCK_NAME = ".latency.lock"  # one pass per results directory at a time (two at once would not be quiet)
 # metrics this pass owns: replaced as a whole, so no in-run value survives next to a quiet one
@@ -67,35 +69,48 @@ class PassResult:
 
 
 def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, threads: int = DEFAULT_THREADS,
-               rule: StopRule = StopRule(), force: bool = False, data_root: str | Path | None = None,
-               log: Log | None = print) -> PassResult:
+               rule: StopRule = StopRule(), rounds: int = DEFAULT_ROUNDS, force: bool = False,
+               data_root: str | Path | None = None, log: Log | None = print) -> PassResult:
     """Time the ok records of `out_dir` (those of `keys`, else all) that have no quiet latency yet
     (`force`: all of them again) and write the times into them. Bad input raises KdbenchError; a
-    record that cannot be rebuilt here (data, device or module teacher missing) is skipped with why."""
+    record that cannot be rebuilt here (data, device or module teacher missing) is skipped with why.
+
+    The predictors are timed in `rounds` interleaved rounds (every predictor once per round, each
+    round a `rounds`-th of the rule's seconds), and each timing pools the calls of all rounds: the
+    machine's drift from one second to the next then falls on every run alike instead of on
+    whichever run was being timed, so runs of one architecture (the seeds of a cell) get the same
+    time within the timing's own noise."""
     from filelock import FileLock
 
     out = store.results_dir(out_dir)
     check_threads(threads)
+    check_rounds(rounds)
     wanted = None if keys is None else set(keys)
     result = PassResult()
     with FileLock(str(out / LOCK_NAME)), torch_threads(threads):
         records = [r for r in store.read_records(out)[0] if r["status"] == "ok" and (wanted is None or r["run_key"] in wanted)]
         todo = [r for r in records if force or not (r.get("metrics") or {}).get("latency_quiet")]
         result.already = sorted({r["run_key"] for r in records} - {r["run_key"] for r in todo})
-        timer = _Timer(rule, data_root)
+        timer = _Timer(rule, rounds, data_root)
+        prepared = []
         for rec in sorted(todo, key=_data_order):
-            key = rec["run_key"]
             try:
-                timed = timer.record(rec, threads)
+                prepared.append(timer.prepare(rec))
             except KdbenchError as e:
-                result.skipped[key] = str(e)
+                result.skipped[rec["run_key"]] = str(e)
                 if log:
-                    log(f"latency: skipped {key}: {e}")
-                continue
+                    log(f"latency: skipped {rec['run_key']}: {e}")
+        probe = LoadProbe()
+        for round_ in range(rounds if prepared else 0):
+            for prep in progress(prepared, f"latency round {round_ + 1}/{rounds}", log):
+                timer.time_round(prep, round_)
+        load = probe.finish()
+        for prep in prepared:
+            timed = timer.finish(prep, threads, load)
             store.write_record(out, timed)
-            result.measured.append(key)
+            result.measured.append(prep.rec["run_key"])
             if timed["metrics"]["latency_pass"]["capped"]:
-                result.capped.append(key)
+                result.capped.append(prep.rec["run_key"])
     if log:
         log(result.line(threads))
     return result
@@ -106,22 +121,52 @@ def check_threads(threads: Any) -> None:
         raise KdbenchError(f"latency threads must be an integer >= 1, got {threads!r}")
 
 
+def check_rounds(rounds: Any) -> None:
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise KdbenchError(f"latency rounds must be an integer >= 1, got {rounds!r}")
+
+
+def progress(items: list, desc: str, log: Log | None) -> Iterable:
+    """A progress bar over a round (on a terminal, as the training loop's, and when logging)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="run", leave=False, disable=log is None or not progress_enabled())
+
+
 def _data_order(rec: dict[str, Any]) -> tuple:
     """Records sharing a data split next to each other: the split is loaded once for them."""
     s = rec["spec"]
     return tuple(str(s.get(k)) for k in ("dataset", "val_fraction", "split_seed", "max_train")) + (rec["run_key"],)
 
 
+@dataclass
+class _Prepared:
+    """One record's rebuilt predictor and what it needs to be timed, with its timings so far."""
+
+    rec: dict[str, Any]
+    model: nn.Module
+    latency_fn: Callable[..., dict[str, Any]] | None
+    example: torch.Tensor
+    device: torch.device
+    teacher: tuple[str, nn.Module] | None  # (teacher key, model) when timed next to the variants
+    parts: dict[str, list[Timing]] = field(default_factory=dict)
+    variants: dict[str, Any] | None = None  # the nested shape the latency_fn returned
+
+
 class _Timer:
-    """Times records one by one, keeping the last data split and each teacher's timings."""
+    """Rebuilds records' predictors and times them round by round, each teacher once per round."""
 
-    def __init__(self, rule: StopRule, data_root: str | Path | None):
+    def __init__(self, rule: StopRule, rounds: int, data_root: str | Path | None):
         self.rule = rule
+        self.rounds = rounds
+        self.round_rule = replace(rule, min_seconds=rule.min_seconds / rounds, max_seconds=rule.max_seconds / rounds,
+                                  max_repeats=max(rule.min_repeats, rule.max_repeats // rounds))
         self.data_root = data_root
-        self.teacher_times: dict[tuple[str, str, int], Timing] = {}
+        self.teachers: dict[str, nn.Module] = {}
+        self.teacher_times: dict[tuple[str, str, int, int], Timing] = {}
 
-    def record(self, rec: dict[str, Any], threads: int) -> dict[str, Any]:
-        """`rec` with its latency metrics replaced by quiet ones and the pass's load in env.load."""
+    def prepare(self, rec: dict[str, Any]) -> _Prepared:
+        """The record's predictor rebuilt with fresh weights (KdbenchError when it cannot be)."""
         from .engine import resolve_device
         from .runner import resolve, spec_from_record
 
@@ -129,54 +174,73 @@ class _Timer:
         device = resolve_device(r.spec.device)
         data = _load_split(r.spec.dataset, r.spec.val_fraction, r.spec.split_seed, r.spec.max_train,
                            str(self.data_root) if self.data_root else None)
-        teacher = functools.lru_cache(maxsize=1)(lambda: teacher_model(r.spec, data, device))
+        tkey = str((rec.get("teacher") or {}).get("key") or r.spec.teacher)
+
+        def teacher() -> nn.Module:
+            if tkey not in self.teachers:
+                self.teachers[tkey] = teacher_model(r.spec, data, device)
+            return self.teachers[tkey]
+
         model, latency_fn = rebuild_predictor(r, data, device, teacher, rec)
-        example = data.test.x[:1]
-        probe = LoadProbe()
-        metrics, timings = self._time(model, latency_fn, example, device)
-        if "latency" in metrics and r.method.needs_teacher:  # as in-run: the teacher next to the variants
-            tkey = str((rec.get("teacher") or {}).get("key") or r.spec.teacher)
-            for b in BATCHES:
-                t = self._teacher_time(tkey, teacher, example, b, device)
-                metrics["latency"].setdefault(f"b{b}", {})["teacher"] = t.median_ms
-                timings[f"latency.b{b}.teacher"] = t
-        load = probe.finish()
+        timed_teacher = (tkey, teacher()) if latency_fn is not None and r.method.needs_teacher else None
+        return _Prepared(rec, model, latency_fn, data.test.x[:1].clone(), device, timed_teacher)
+
+    def time_round(self, prep: _Prepared, round_: int) -> None:
+        """One round of `prep`'s timings (as in-run: the teacher next to the variants)."""
+        timings: dict[str, Timing] = {}
+        for b in BATCHES:
+            with adaptive_timing(self.round_rule) as got:
+                latency_ms(prep.model, prep.example, b, prep.device)
+            timings[f"latency_ms_b{b}"] = got[0]
+        if prep.latency_fn is not None:  # the method's own variants (e.g. sequential / fused / parallel)
+            with adaptive_timing(self.round_rule) as got:
+                variants = prep.latency_fn(prep.example, prep.device)
+            prep.variants = prep.variants or variants
+            timings.update(pair_timings(dict(leaves(variants, "latency")), got))
+            if prep.teacher is not None:
+                for b in BATCHES:
+                    timings[f"latency.b{b}.teacher"] = self._teacher_time(prep, b, round_)
+        for name, t in timings.items():
+            prep.parts.setdefault(name, []).append(t)
+
+    def _teacher_time(self, prep: _Prepared, batch: int, round_: int) -> Timing:
+        tkey, model = prep.teacher
+        key = (tkey, str(prep.device), batch, round_)
+        if key not in self.teacher_times:
+            with adaptive_timing(self.round_rule) as got:
+                latency_ms(model, prep.example, batch, prep.device)
+            self.teacher_times[key] = got[0]
+        return self.teacher_times[key]
+
+    def finish(self, prep: _Prepared, threads: int, load: dict[str, Any]) -> dict[str, Any]:
+        """`prep`'s record with its latency metrics replaced by the pooled quiet ones and the pass's load in env.load."""
+        timings = {name: Timing.pooled(parts, self.rule) for name, parts in prep.parts.items()}
+        metrics: dict[str, Any] = {f"latency_ms_b{b}": timings[f"latency_ms_b{b}"].median_ms for b in BATCHES}
+        if prep.variants is not None:
+            metrics["latency"] = copy.deepcopy(prep.variants)
+            for name, t in timings.items():
+                if name.startswith("latency."):
+                    _set_leaf(metrics["latency"], name.split(".")[1:], t.median_ms)
         metrics["latency_quiet"] = True
-        metrics["latency_pass"] = self._block(threads, device, timings)
+        metrics["latency_pass"] = self._block(threads, prep.device, timings)
+        rec = prep.rec
         env = dict(rec.get("env") or {})
         env["load"] = {**(env.get("load") or {}), "latency": load}
         kept = {k: v for k, v in (rec.get("metrics") or {}).items() if k not in LATENCY_METRICS}
         return {**rec, "metrics": {**kept, **metrics}, "env": env}
 
-    def _time(self, model: nn.Module, extra: Callable[..., dict[str, Any]] | None, example: torch.Tensor,
-              device: torch.device) -> tuple[dict[str, Any], dict[str, Timing]]:
-        metrics: dict[str, Any] = {}
-        timings: dict[str, Timing] = {}
-        for b in BATCHES:
-            with adaptive_timing(self.rule) as got:
-                metrics[f"latency_ms_b{b}"] = latency_ms(model, example, b, device)
-            timings[f"latency_ms_b{b}"] = got[0]
-        if extra is not None:  # the method's own variants (e.g. sequential / fused / parallel)
-            with adaptive_timing(self.rule) as got:
-                metrics["latency"] = extra(example, device)
-            timings.update(pair_timings(dict(leaves(metrics["latency"], "latency")), got))
-        return metrics, timings
-
-    def _teacher_time(self, tkey: str, teacher: Callable[[], nn.Module], example: torch.Tensor, batch: int,
-                      device: torch.device) -> Timing:
-        key = (tkey, str(device), batch)
-        if key not in self.teacher_times:
-            with adaptive_timing(self.rule) as got:
-                latency_ms(teacher(), example, batch, device)
-            self.teacher_times[key] = got[0]
-        return self.teacher_times[key]
-
     def _block(self, threads: int, device: torch.device, timings: dict[str, Timing]) -> dict[str, Any]:
         return {"threads": threads, "device": str(device), "cpu": environment(device)["cpu"],
-                "rule": asdict(self.rule), "weights": WEIGHTS_NOTE,
+                "rule": asdict(self.rule), "rounds": self.rounds, "weights": WEIGHTS_NOTE,
                 "capped": any(t.capped for t in timings.values()),
                 "timings": {name: t.as_dict() for name, t in timings.items()},
                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _set_leaf(d: dict[str, Any], path: list[str], value: float) -> None:
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = value
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence
 
@@ -55,9 +55,24 @@ class Timing:
     repeats: int
     capped: bool
     seconds: float
+    samples: tuple[float, ...] = field(default=(), repr=False, compare=False)  # sorted; not recorded
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ci_ms": list(self.ci_ms)}
+        d = asdict(self)
+        del d["samples"]
+        return {**d, "ci_ms": list(self.ci_ms)}
+
+    @classmethod
+    def pooled(cls, parts: Sequence["Timing"], rule: "StopRule") -> "Timing":
+        """One Timing of the calls of several (the rounds of a quiet pass): median and CI of all
+        their calls together; `capped` (the CI is wider than `rule` asks) when a part was, or when
+        the parts disagree so much that the pooled CI is wider than asked."""
+        times = sorted(t for p in parts for t in p.samples)
+        if not times:
+            raise ValueError("no samples to pool")
+        median, ci = statistics.median(times), median_ci(times, rule.confidence)
+        wide = any(p.capped for p in parts) or not ci_within(median, ci, rule.rel_halfwidth)
+        return cls(median, ci, len(times), wide, sum(p.seconds for p in parts), tuple(times))
 
 
 def median_ci(sorted_values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -102,9 +117,9 @@ def sample_until(sample: Callable[[], float], rule: StopRule, clock: Callable[[]
         elapsed = clock() - start
         settled = n >= rule.min_repeats and ci_within(median, ci, rule.rel_halfwidth)
         if settled and (elapsed >= rule.min_seconds or n >= rule.max_repeats):
-            return Timing(median, ci, n, False, elapsed)
+            return Timing(median, ci, n, False, elapsed, tuple(times))
         if n >= rule.max_repeats or elapsed >= rule.max_seconds:
-            return Timing(median, ci, n, True, elapsed)
+            return Timing(median, ci, n, True, elapsed, tuple(times))
 
 
 # set by `adaptive_timing`: the rule every `time_forward` below follows, and where its Timings go

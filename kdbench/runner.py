@@ -116,9 +116,9 @@ def check_speed_options(spec: RunSpec, device: torch.device) -> None:
     if spec.compile:
         import shutil
 
-        import torch._dynamo
+        from torch import _dynamo  # `import torch._dynamo` here would make `torch` local to the whole function
 
-        if not torch._dynamo.is_dynamo_supported():
+        if not _dynamo.is_dynamo_supported():
             raise KdbenchError("--compile: torch.compile is not supported by this Python / PyTorch build")
         if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
             raise KdbenchError("--compile on CPU needs a C++ compiler (cc, gcc or clang) on PATH")

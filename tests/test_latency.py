@@ -18,7 +18,8 @@ from torch import nn
 from helpers_sweep import comparable, quiet_env, records  # noqa: F401  (autouse fixture)
 from kdbench import store
 from kdbench.cli import main
-from kdbench.measure import LoadProbe, StopRule, adaptive_timing, ci_within, latency_ms, median_ci, sample_until
+from kdbench import latency as latency_module
+from kdbench.measure import LoadProbe, StopRule, Timing, adaptive_timing, ci_within, latency_ms, median_ci, sample_until
 from kdbench.report.context import Context
 from kdbench.report.data import ACCURACY, load
 from kdbench.report.tables import OVERSUBSCRIBED, TABLES, environment_table
@@ -107,6 +108,21 @@ def test_latency_ms_follows_the_rule_inside_adaptive_timing_only():
     assert len(got) == 2 and latency_ms(model, x, 1, torch.device("cpu")) > 0  # outside: fixed repeats, nothing recorded
 
 
+def test_pooled_timing_is_the_median_and_ci_of_all_calls_of_its_parts():
+    a = sample_until(FakeTimer(1.0, 0.2, seed=1).sample, StopRule(min_seconds=0.0, max_repeats=40, max_seconds=1e9))
+    b = sample_until(FakeTimer(2.0, 0.2, seed=2).sample, StopRule(min_seconds=0.0, max_repeats=40, max_seconds=1e9))
+    rule = StopRule()
+    both = Timing.pooled([a, b], rule)
+    calls = sorted(a.samples + b.samples)
+    assert both.repeats == a.repeats + b.repeats == len(calls) and both.seconds == a.seconds + b.seconds
+    assert both.median_ms == float(np.median(calls)) and both.ci_ms == median_ci(calls)
+    assert "samples" not in both.as_dict()
+    assert not a.capped and not Timing.pooled([a, a], rule).capped  # rounds that agree: as settled as one
+    assert both.capped  # 1 ms and 2 ms rounds: the pooled CI is wider than asked, and says so
+    with pytest.raises(ValueError):
+        Timing.pooled([], rule)
+
+
 def test_load_probe_records_the_cpus_the_load_and_oversubscription():
     block = LoadProbe().finish()
     assert block["cpus"] >= 1 and block["threads"] == torch.get_num_threads() and block["wall_s"] >= 0
@@ -147,7 +163,7 @@ def test_latency_command_fills_quiet_latency_into_valid_records(trained: Path, t
         assert comparable(rec) == comparable(before[key])  # key, spec, accuracies, history: untouched
         assert rec["metrics"]["test_acc"] == before[key]["metrics"]["test_acc"]
         m = rec["metrics"]
-        assert m["latency_quiet"] is True and m["latency_pass"]["threads"] == 1
+        assert m["latency_quiet"] is True and m["latency_pass"]["threads"] == 1 and m["latency_pass"]["rounds"] == 3
         timings = m["latency_pass"]["timings"]
         expected = LATENCY_TIMINGS | (TCN_VARIANTS if rec["spec"]["method"] == "tcn" else set())
         assert set(timings) == expected
@@ -162,6 +178,28 @@ def test_latency_command_fills_quiet_latency_into_valid_records(trained: Path, t
     assert main(["latency", str(out)]) == 0  # nothing left to time
     assert "0 run(s) timed, 3 already timed" in capsys.readouterr().out
     assert records(out) == after
+
+
+def test_the_pass_times_every_run_once_per_round_interleaved(trained: Path, tmp_path: Path, monkeypatch):
+    """Round-robin, not one run after another: the machine's drift falls on all runs alike."""
+    out = _copy(trained, tmp_path / "runs")
+    order: list[int] = []
+    real = latency_module.latency_ms
+
+    def spy(model, example, batch, device, repeats=20):
+        if batch == 1 and not isinstance(model, latency_module.nn.Sequential):
+            order.append(id(model))
+        return real(model, example, batch, device, repeats)
+
+    monkeypatch.setattr(latency_module, "latency_ms", spy)
+    result = latency_module.quiet_pass(out, rounds=2, rule=StopRule(max_seconds=0.5), log=None)
+    assert len(result.measured) == 3
+    runs = list(dict.fromkeys(order))  # the deployed predictors and the teacher, in first-timed order
+    assert len(runs) >= 3 and order == runs + runs
+    for rec in records(out).values():
+        passed = rec["metrics"]["latency_pass"]
+        assert passed["rounds"] == 2
+        assert all(t["repeats"] >= 2 * StopRule().min_repeats or t["capped"] for t in passed["timings"].values())
 
 
 def test_a_predictor_that_cannot_be_rebuilt_is_skipped_with_why(trained: Path, tmp_path: Path, capsys):
@@ -194,6 +232,7 @@ def test_sweep_ends_with_the_quiet_pass_unless_no_latency(tmp_path: Path):
     ("latency {out} --threads 0", "latency threads must be an integer >= 1"),
     ("latency {out} --rel-ci 2", "--rel-ci must be in (0, 1)"),
     ("latency {out} --max-repeats 3", "--max-repeats must be >= 6"),
+    ("latency {out} --rounds 0", "latency rounds must be an integer >= 1"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys, argv: str, message: str):
     (tmp_path / "out").mkdir()

@@ -82,3 +82,15 @@ def test_amp_value_is_checked_in_the_spec():
 
     with pytest.raises(KdbenchError, match="run field 'amp'"):
         resolve(RunSpec.from_dict({"method": "student", "dataset": "digits", "amp": "fp8"}))
+
+
+def test_bf16_on_a_gpu_without_bfloat16_is_one_line(monkeypatch):
+    """Checked before anything runs, also with --compile (whose import once shadowed `torch` here)."""
+    from kdbench.errors import KdbenchError
+    from kdbench.runner import check_speed_options
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "an old GPU")
+    spec = RunSpec.from_dict({"method": "student", "dataset": "digits", "amp": "bf16", "compile": True})
+    with pytest.raises(KdbenchError, match="--amp bf16: an old GPU has no bfloat16 support; use --amp fp16"):
+        check_speed_options(spec, torch.device("cuda"))

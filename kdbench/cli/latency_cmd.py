@@ -25,6 +25,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=10.0, metavar="S",
                    help="cap per timing, in seconds of timed calls (default 10)")
     p.add_argument("--max-repeats", type=int, default=2000, metavar="N", help="cap per timing, in calls (default 2000)")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="time every run once per round, R interleaved rounds, each a R-th of the seconds; "
+                        "a timing pools its calls of all rounds (default 3)")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ...)")
     p.set_defaults(func=run)
     return p
@@ -49,6 +52,6 @@ def stop_rule(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..latency import quiet_pass
 
-    result = quiet_pass(args.results_dir, threads=args.threads, rule=stop_rule(args), force=args.force,
+    result = quiet_pass(args.results_dir, threads=args.threads, rule=stop_rule(args), rounds=args.rounds, force=args.force,
                         data_root=args.data_root, log=print)
     return 1 if result.skipped else 0
