@@ -100,8 +100,13 @@ def test_groups_inherit_and_student_overrides_budget(tmp_path):
     assert {(r.student, r.budget) for r in runs} == {("image-student", "paper")}
 
 
-def test_presets_ship_and_parse():
+def test_presets_ship_and_parse(capsys):
     names = {row["name"] for row in list_presets()}
+    from kdbench.cli import main
+
+    assert main(["list", "presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in names)
     assert {"tcn-table3-mnist", "tcn-table3-fashion-mnist", "tcn-table3-cifar10", "tcn-table3-imdb", "takd-table1",
             "tcn-table7-imagenet"} <= names
     for path in sorted(PRESET_DIR.glob("*.yaml")):

@@ -9,8 +9,8 @@ from .common import print_table
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("list", help="list methods (with parameters, defaults and ranges), models, datasets")
-    p.add_argument("what", nargs="?", default="methods", choices=["methods", "models", "datasets"])
+    p = sub.add_parser("list", help="list methods (with parameters, defaults and ranges), models, datasets, presets")
+    p.add_argument("what", nargs="?", default="methods", choices=["methods", "models", "datasets", "presets"])
     p.set_defaults(func=run)
 
 
@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
         from ..models import list_models
 
         print_table(list_models())
+    elif args.what == "presets":  # also `kdbench sweep --list-presets`
+        from ..sweep import list_presets
+
+        print_table(list_presets())
     else:
         from ..data import DATASETS
 
