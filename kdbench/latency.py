@@ -62,7 +62,7 @@ class PassResult:
         text = (f"latency (quiet pass, {threads} thread{'s' if threads != 1 else ''}): {len(self.measured)} "
                 f"run(s) timed, {len(self.already)} already timed")
         if self.capped:
-            text += f", {len(self.capped)} with a timing stopped by the cap (CI wider than asked)"
+            text += f", {len(self.capped)} with a timing whose CI is wider than asked (a cap, or rounds that disagree)"
         if self.skipped:
             text += f", {len(self.skipped)} skipped"
         return text
