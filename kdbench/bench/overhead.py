@@ -112,7 +112,8 @@ def bench_overhead(s: Session) -> list[BenchRow]:
               f"= {median(loops['kdbench']) / median(loops['hand']):.3f}; CPU-time ratio "
               f"{median(cpu['kdbench']) / median(cpu['hand']):.3f}; max |weight diff| {diff:.2g}",
         checks={"same final weights as the hand-written loop (atol 1e-6)": diff <= 1e-6,
-                "same val accuracy": kd_val is not None and abs(kd_val - hand.val_acc) < 1e-9},
+                # the same count of correct val samples: kdbench's percentage is a float32 (97.10000157 for 97.1)
+                "same val accuracy": kd_val is not None and abs(kd_val - hand.val_acc) < 50.0 / max(n_val, 1)},
         details={"kdbench_s": times["kdbench"], "hand_s": times["hand"], "loop_s": loops, "cpu_s": cpu,
                  "max_weight_diff": diff, "val_acc": {"kdbench": kd_val, "hand": hand.val_acc},
                  "n_train": n_train, "n_val": n_val,
