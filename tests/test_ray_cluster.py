@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +39,7 @@ def _ray():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Two one-CPU nodes (the head and one more), each with its own cache; this process connected as
-    the driver. Yields {"caches": {node: path}, "counter": path}."""
+    the driver. Yields {"caches": {node: path}, "counter": path, "address": the head's}."""
     ray = _ray()
     from ray.cluster_utils import Cluster
 
@@ -58,7 +60,7 @@ def cluster(tmp_path_factory):
             c.wait_for_nodes()
             ray.init(address=c.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             try:
-                yield {"caches": caches, "counter": counter}
+                yield {"caches": caches, "counter": counter, "address": c.address}
             finally:
                 ray.shutdown()
         finally:
@@ -172,35 +174,36 @@ def test_a_run_another_process_holds_is_waited_for_and_not_run_again(cluster, dr
 
 
 def test_ctrl_c_cancels_the_runs_in_flight_and_leaves_no_record_of_them(cluster, driver):
-    """SIGINT once the first record is written: the sweep raises KeyboardInterrupt, the runs in flight
-    are cancelled (their CPUs free again) without a failed or partial record, every lock is released,
-    and a rerun does only the missing runs."""
+    """`kdbench sweep --executor ray --address ...` (a driver process of its own, as from a shell)
+    gets SIGINT once its first record is written: it exits 130 with one line on stderr, the runs in
+    flight are cancelled (their CPUs free again) without a failed or partial record, every lock is
+    released, and a rerun does only the missing runs. The signal goes to that process only: a signal
+    sent to pytest's own process could end the whole test session if it landed outside the sweep."""
     ray = _ray()
     out, n = driver / "out", 4
     sweep = dict(seeds=n, executor="ray", threads=1, out=out, latency=False, log=None, **{**FAST, "epochs": 4})
-
-    stop = threading.Event()
-
-    def interrupt_after_first_record() -> None:
-        deadline = time.monotonic() + 300
-        while not stop.is_set() and not list(out.glob("*.json")):
-            if time.monotonic() > deadline:
-                return  # no record: the test fails below; a late SIGINT would abort the whole pytest session
-            time.sleep(0.02)
-        if not stop.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell may ignore SIGINT
-    watcher = threading.Thread(target=interrupt_after_first_record, daemon=True)
+    args = [sys.executable, "-m", "kdbench", "sweep", "--method", "student", "--executor", "ray",
+            "--address", cluster["address"], "--out", str(out), "--seeds", str(n), "--threads", "1", "--no-latency",
+            *[a for k, v in {**FAST, "epochs": 4}.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+    log = driver / "sweep.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(args, env=env, cwd=driver, stdout=subprocess.DEVNULL, stderr=f,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        watcher.start()
-        with pytest.raises(KeyboardInterrupt):
-            api.sweep(["student"], **sweep)
-            time.sleep(30)  # only if the sweep ended before the signal (then the count below fails)
+        deadline = time.monotonic() + 300
+        while not list(out.glob("*.json")):
+            assert proc.poll() is None, f"the sweep ended before its first record:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no record within 300 s:\n{log.read_text()[-2000:]}"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
     finally:
-        stop.set()  # the sweep failed otherwise: never interrupt what runs after it
-        watcher.join(300)
-        signal.signal(signal.SIGINT, previous)
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    assert code == 130, err[-2000:]
+    assert err.splitlines()[-1].startswith("kdbench: interrupted by SIGINT"), err[-2000:]
     kept = records(out)
     assert 1 <= len(kept) < n and all(r["status"] == "ok" for r in kept.values())
     planned = api.sweep(["student"], **{**sweep, "dry_run": True}).planned
