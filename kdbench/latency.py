@@ -5,8 +5,8 @@ spread by hundreds of percent. This pass times the deployed predictors of finish
 another, in one process, with torch's threads pinned (`threads`, default 1, recorded), a warm-up,
 and as many timed calls as it takes for the 95% CI of the median (distribution-free, from order
 statistics: `measure.median_ci`) to lie within 10% of the median, up to a cap on calls and seconds
-that is recorded when hit (`measure.StopRule`), in interleaved rounds whose calls are pooled
-(`quiet_pass`). It is the last step of `kdbench sweep` and the
+that is recorded when hit (`measure.StopRule`), in interleaved rounds (`quiet_pass`) whose
+medians give the timing and its CI (`measure.Timing.across_rounds`). It is the last step of `kdbench sweep` and the
 command `kdbench latency RESULTS_DIR`; results go into the records (atomically) under the in-run
 names (`latency_ms_b1`, `latency_ms_b256`, `latency.*`) with `latency_quiet: true`, the CI, the
 repeats and the thread count in `latency_pass`, and the machine's load in `env.load.latency`.
@@ -34,10 +34,10 @@ from torch import nn
 from . import store
 from .engine import progress_enabled, torch_threads
 from .errors import KdbenchError
-from .measure import LoadProbe, StopRule, Timing, adaptive_timing, environment, latency_ms
+from .measure import LoadProbe, StopRule, Timing, adaptive_timing, environment, latency_ms, min_rounds
 
 DEFAULT_THREADS = 1
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 10
 BATCHES = (1, 256)
 LOCK_NAME = ".latency.lock"  # one pass per results directory at a time (two at once would not be quiet)
 # metrics this pass owns: replaced as a whole, so no in-run value survives next to a quiet one
@@ -62,7 +62,7 @@ class PassResult:
         text = (f"latency (quiet pass, {threads} thread{'s' if threads != 1 else ''}): {len(self.measured)} "
                 f"run(s) timed, {len(self.already)} already timed")
         if self.capped:
-            text += f", {len(self.capped)} with a timing whose CI is wider than asked (a cap, or rounds that disagree)"
+            text += f", {len(self.capped)} with a timing whose CI across rounds is wider than asked"
         if self.skipped:
             text += f", {len(self.skipped)} skipped"
         return text
@@ -76,15 +76,15 @@ def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, thread
     record that cannot be rebuilt here (data, device or module teacher missing) is skipped with why.
 
     The predictors are timed in `rounds` interleaved rounds (every predictor once per round, each
-    round a `rounds`-th of the rule's seconds), and each timing pools the calls of all rounds: the
-    machine's drift from one second to the next then falls on every run alike instead of on
-    whichever run was being timed, so runs of one architecture (the seeds of a cell) get the same
-    time within the timing's own noise."""
+    round a `rounds`-th of the rule's seconds); a timing is the median of its rounds' medians, with
+    the CI across rounds: the machine's drift from one minute to the next then falls on every run
+    alike instead of on whichever run was being timed, and shows in the CI instead of hiding in
+    the calls of one moment."""
     from filelock import FileLock
 
     out = store.results_dir(out_dir)
     check_threads(threads)
-    check_rounds(rounds)
+    check_rounds(rounds, rule)
     wanted = None if keys is None else set(keys)
     result = PassResult()
     with FileLock(str(out / LOCK_NAME)), torch_threads(threads):
@@ -121,9 +121,12 @@ def check_threads(threads: Any) -> None:
         raise KdbenchError(f"latency threads must be an integer >= 1, got {threads!r}")
 
 
-def check_rounds(rounds: Any) -> None:
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise KdbenchError(f"latency rounds must be an integer >= 1, got {rounds!r}")
+def check_rounds(rounds: Any, rule: StopRule = StopRule()) -> None:
+    """The CI across rounds needs `min_rounds` of them (6 at 95%)."""
+    least = min_rounds(rule.confidence)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < least:
+        raise KdbenchError(f"latency rounds must be an integer >= {least} (a {rule.confidence:.0%} CI of the median "
+                           f"across rounds needs {least}), got {rounds!r}")
 
 
 def progress(items: list, desc: str, log: Log | None) -> Iterable:
@@ -213,8 +216,8 @@ class _Timer:
         return self.teacher_times[key]
 
     def finish(self, prep: _Prepared, threads: int, load: dict[str, Any]) -> dict[str, Any]:
-        """`prep`'s record with its latency metrics replaced by the pooled quiet ones and the pass's load in env.load."""
-        timings = {name: Timing.pooled(parts, self.rule) for name, parts in prep.parts.items()}
+        """`prep`'s record with its latency metrics replaced by the quiet ones and the pass's load in env.load."""
+        timings = {name: Timing.across_rounds(parts, self.rule) for name, parts in prep.parts.items()}
         metrics: dict[str, Any] = {f"latency_ms_b{b}": timings[f"latency_ms_b{b}"].median_ms for b in BATCHES}
         if prep.variants is not None:
             metrics["latency"] = copy.deepcopy(prep.variants)

@@ -19,7 +19,7 @@ from helpers_sweep import comparable, quiet_env, records  # noqa: F401  (autouse
 from kdbench import store
 from kdbench.cli import main
 from kdbench import latency as latency_module
-from kdbench.measure import LoadProbe, StopRule, Timing, adaptive_timing, ci_within, latency_ms, median_ci, sample_until
+from kdbench.measure import LoadProbe, StopRule, Timing, adaptive_timing, ci_within, latency_ms, median_ci, min_rounds, sample_until
 from kdbench.report.context import Context
 from kdbench.report.data import ACCURACY, load
 from kdbench.report.tables import OVERSUBSCRIBED, TABLES, environment_table
@@ -108,19 +108,22 @@ def test_latency_ms_follows_the_rule_inside_adaptive_timing_only():
     assert len(got) == 2 and latency_ms(model, x, 1, torch.device("cpu")) > 0  # outside: fixed repeats, nothing recorded
 
 
-def test_pooled_timing_is_the_median_and_ci_of_all_calls_of_its_parts():
-    a = sample_until(FakeTimer(1.0, 0.2, seed=1).sample, StopRule(min_seconds=0.0, max_repeats=40, max_seconds=1e9))
-    b = sample_until(FakeTimer(2.0, 0.2, seed=2).sample, StopRule(min_seconds=0.0, max_repeats=40, max_seconds=1e9))
+def test_a_timing_across_rounds_is_the_median_and_ci_of_the_rounds_medians():
     rule = StopRule()
-    both = Timing.pooled([a, b], rule)
-    calls = sorted(a.samples + b.samples)
-    assert both.repeats == a.repeats + b.repeats == len(calls) and both.seconds == a.seconds + b.seconds
-    assert both.median_ms == float(np.median(calls)) and both.ci_ms == median_ci(calls)
-    assert "samples" not in both.as_dict()
-    assert not a.capped and not Timing.pooled([a, a], rule).capped  # rounds that agree: as settled as one
-    assert both.capped  # 1 ms and 2 ms rounds: the pooled CI is wider than asked, and says so
+    one = StopRule(min_seconds=0.0, max_repeats=40, max_seconds=1e9)
+    rounds = [sample_until(FakeTimer(1.0 + 0.01 * i, 0.2, seed=i).sample, one) for i in range(10)]
+    t = Timing.across_rounds(rounds, rule)
+    medians = sorted(r.median_ms for r in rounds)
+    assert t.median_ms == float(np.median(medians)) and t.ci_ms == median_ci(medians)
+    assert t.repeats == sum(r.repeats for r in rounds) and t.seconds == sum(r.seconds for r in rounds)
+    assert not t.capped and "samples" not in t.as_dict()  # rounds that agree within 10%: settled
+    slow = [sample_until(FakeTimer(1.0 + (i % 2), 0.01, seed=i).sample, one) for i in range(10)]
+    assert all(not r.capped for r in slow) and Timing.across_rounds(slow, rule).capped  # 1 ms / 2 ms rounds: each
+    # round is settled, but the rounds disagree, and the timing says so
+    assert Timing.across_rounds(rounds[:5], rule).capped  # 5 rounds bound no 95% CI of their median
+    assert min_rounds(0.95) == 6 and min_rounds(0.99) == 8
     with pytest.raises(ValueError):
-        Timing.pooled([], rule)
+        Timing.across_rounds([], rule)
 
 
 def test_load_probe_records_the_cpus_the_load_and_oversubscription():
@@ -163,7 +166,7 @@ def test_latency_command_fills_quiet_latency_into_valid_records(trained: Path, t
         assert comparable(rec) == comparable(before[key])  # key, spec, accuracies, history: untouched
         assert rec["metrics"]["test_acc"] == before[key]["metrics"]["test_acc"]
         m = rec["metrics"]
-        assert m["latency_quiet"] is True and m["latency_pass"]["threads"] == 1 and m["latency_pass"]["rounds"] == 3
+        assert m["latency_quiet"] is True and m["latency_pass"]["threads"] == 1 and m["latency_pass"]["rounds"] == latency_module.DEFAULT_ROUNDS
         timings = m["latency_pass"]["timings"]
         expected = LATENCY_TIMINGS | (TCN_VARIANTS if rec["spec"]["method"] == "tcn" else set())
         assert set(timings) == expected
@@ -192,14 +195,14 @@ def test_the_pass_times_every_run_once_per_round_interleaved(trained: Path, tmp_
         return real(model, example, batch, device, repeats)
 
     monkeypatch.setattr(latency_module, "latency_ms", spy)
-    result = latency_module.quiet_pass(out, rounds=2, rule=StopRule(max_seconds=0.5), log=None)
+    result = latency_module.quiet_pass(out, rounds=6, rule=StopRule(max_seconds=0.5), log=None)
     assert len(result.measured) == 3
     runs = list(dict.fromkeys(order))  # the deployed predictors and the teacher, in first-timed order
-    assert len(runs) >= 3 and order == runs + runs
+    assert len(runs) >= 3 and order == runs * 6
     for rec in records(out).values():
         passed = rec["metrics"]["latency_pass"]
-        assert passed["rounds"] == 2
-        assert all(t["repeats"] >= 2 * StopRule().min_repeats or t["capped"] for t in passed["timings"].values())
+        assert passed["rounds"] == 6
+        assert all(t["repeats"] >= 6 and all(map(math.isfinite, t["ci_ms"])) for t in passed["timings"].values())
 
 
 def test_a_predictor_that_cannot_be_rebuilt_is_skipped_with_why(trained: Path, tmp_path: Path, capsys):
@@ -232,7 +235,7 @@ def test_sweep_ends_with_the_quiet_pass_unless_no_latency(tmp_path: Path):
     ("latency {out} --threads 0", "latency threads must be an integer >= 1"),
     ("latency {out} --rel-ci 2", "--rel-ci must be in (0, 1)"),
     ("latency {out} --max-repeats 3", "--max-repeats must be >= 6"),
-    ("latency {out} --rounds 0", "latency rounds must be an integer >= 1"),
+    ("latency {out} --rounds 5", "latency rounds must be an integer >= 6"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys, argv: str, message: str):
     (tmp_path / "out").mkdir()

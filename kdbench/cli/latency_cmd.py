@@ -25,9 +25,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=10.0, metavar="S",
                    help="cap per timing, in seconds of timed calls (default 10)")
     p.add_argument("--max-repeats", type=int, default=2000, metavar="N", help="cap per timing, in calls (default 2000)")
-    p.add_argument("--rounds", type=int, default=3, metavar="R",
+    p.add_argument("--rounds", type=int, metavar="R",
                    help="time every run once per round, R interleaved rounds, each a R-th of the seconds; "
-                        "a timing pools its calls of all rounds (default 3)")
+                        "a timing is the median of its rounds' medians, with the CI across rounds (at least 6; "
+                        "default 10)")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ...)")
     p.set_defaults(func=run)
     return p
@@ -50,8 +51,9 @@ def stop_rule(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..latency import quiet_pass
+    from ..latency import DEFAULT_ROUNDS, quiet_pass
 
-    result = quiet_pass(args.results_dir, threads=args.threads, rule=stop_rule(args), rounds=args.rounds, force=args.force,
+    rounds = DEFAULT_ROUNDS if args.rounds is None else args.rounds
+    result = quiet_pass(args.results_dir, threads=args.threads, rule=stop_rule(args), rounds=rounds, force=args.force,
                         data_root=args.data_root, log=print)
     return 1 if result.skipped else 0
