@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..report.claims import Claim, Side, Step, claim
 from ..report.context import Context
 from ..report.data import METHOD_DISPLAY, MethodDisplay, numeric
-from ..report.paper import Comparison, RefRow, Select, acc_fmt, column, comparison, integer, num, reference
+from ..report.paper import (Comparison, RefRow, Select, acc_fmt, column, comparison, integer, method_runs, num,
+                            reference)
 
 METHOD_DISPLAY.add("kdgan", MethodDisplay("KDGAN", 40))
+claim(40, "kdgan_table1", Claim("KDGAN Table 1", "KDGAN > KD (DISTN)",
+                                (Step(Side("KDGAN", method_runs("kdgan")), Side("KD", method_runs("kd"))),),
+                                within=("dataset", "max_train", "student")))
 
 
 # the KDGAN paper's method names -> kdbench's methods ("distn" is Hinton-style distillation)

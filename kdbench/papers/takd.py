@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..report.claims import Claim, Side, Step, claim
 from ..report.context import Context, label, pivot, sort_cells
 from ..report.data import METHOD_DISPLAY, MethodDisplay, numeric
-from ..report.paper import Comparison, RefRow, acc_fmt, column, comparison, num, reference
+from ..report.paper import Comparison, RefRow, acc_fmt, column, comparison, method_runs, num, reference
 from ..report.table import Skipped, Table
 from ..report.tables import acc_short, cell_keys, csv_frame, table
 
 METHOD_DISPLAY.add("takd", MethodDisplay("TAKD", 30))
+_TAKD, _KD, _NOKD = (Side("TAKD", method_runs("takd")), Side("KD", method_runs("kd")),
+                     Side("no KD", method_runs("student")))
+claim(10, "takd_table1", Claim("TAKD Table 1", "TAKD > KD > no KD", (Step(_TAKD, _KD), Step(_KD, _NOKD), Step(_TAKD, _NOKD)),
+                               within=("dataset", "student")))
 
 
 @table(80, "takd_table1", "TAKD Table 1: no KD / KD / TAKD")

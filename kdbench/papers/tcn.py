@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
 from .. import stats
+from ..report.claims import Claim, Side, Step, claim
 from ..report.context import NOTES, Context, count_cell, human_count, label, pivot, sort_cells
 from ..report.data import (BASE_KEYS, METHOD_DISPLAY, MethodDisplay, dataset_rank, has_values, list_metric, numeric,
                            varying_extras)
@@ -25,6 +26,17 @@ from ..report.tables import (acc_short, busy_cells, busy_note, cell_keys, csv_fr
 
 METHOD_DISPLAY.add("tcn", MethodDisplay("TCN", 60, show_n=True))  # its label always says how many students
 OWN = "tcn."  # the columns of TCN's own metrics (metrics["tcn"] of its records, kdbench.record)
+
+# Table 3's claims: TCN's students beat the single KD student at every n, and adversarial training of the
+# students (gan) does not lose to the feed-forward ones (ff) at the same n. Each TCN cell (n = 1, 2, 4, 8)
+# is its own step; cells compared share the data and the student budget.
+_SAME_BUDGET = ("dataset", "max_train", "budget", "student_scale")
+_FF, _GAN, _KD = (Side("TCN FF", method_runs("tcn", "ff")), Side("TCN GAN", method_runs("tcn", "gan")),
+                  Side("KD", method_runs("kd")))
+claim(30, "tcn_ff_over_kd", Claim("TCN Table 3", "TCN FF > KD", (Step(_FF, _KD),), within=_SAME_BUDGET))
+claim(31, "tcn_gan_over_kd", Claim("TCN Table 3", "TCN GAN > KD", (Step(_GAN, _KD),), within=_SAME_BUDGET))
+claim(32, "tcn_gan_vs_ff", Claim("TCN Table 3", "TCN GAN ≥ TCN FF (same n)", (Step(_GAN, _FF, strict=False),),
+                                 within=(*_SAME_BUDGET, "n_students")))
 
 
 def no_finetune(column: str) -> str:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 from ..config import check_report_name
 from ..errors import KdbenchError
-from . import paper, plots, sizes, tables, teacher_sizes
+from . import claims, paper, plots, sizes, tables, teacher_sizes
 from .provenance import match_preset, preset_line
 from .context import Context
 from .data import ACCURACY, load
@@ -36,7 +36,7 @@ def make_report(ctx: Context, out: Path, title: str, figures: bool = True,
                 selection: Selection | None = None) -> Report:
     """Build every table and figure (writing the figures), in a fixed order; with a selection (tuning on
     val) its table comes first and the protocol says what it did."""
-    built = [spec.build(ctx) for spec in tables.ordered_specs()] + paper.build_all(ctx)
+    built = [spec.build(ctx) for spec in tables.ordered_specs()] + paper.build_all(ctx) + [claims.build_claims(ctx)]
     if selection is not None:
         built.insert(0, selection_table(ctx, selection))
     size_tables, size_figures = sizes.build(ctx, out, figures)
