@@ -194,33 +194,62 @@ def parallel_latency_ms(students: Sequence[nn.Module], example: torch.Tensor, ba
 
 # ---------------------------------------------------------------------------------------------- load
 
+WAIT_LIMIT = 0.2  # a phase in which runnable threads waited for a core over 20% of its time is oversubscribed
+
+
 class LoadProbe:
-    """The machine's load over one timed phase (training, a latency pass): the 1-min load average at
-    its start and end against the machine's CPUs, this process's CPU time over the phase and, with
-    psutil, how busy all CPUs were. A phase is `oversubscribed` when a load average exceeded the CPU
-    count: more runnable threads than cores, so its wall times include waiting for a core (the load
-    average trails by about a minute: a short phase inherits the minute before it)."""
+    """The machine's load over one timed phase (training, a latency pass): the share of the phase in
+    which some runnable thread waited for a CPU (Linux's CPU pressure, /proc/pressure/cpu), the 1-min
+    load average at its start and end against the machine's CPUs, this process's CPU time and, with
+    psutil, how busy all CPUs were. A phase is `oversubscribed` when that wait share exceeded
+    `WAIT_LIMIT`: its wall times include waiting for a core. Without CPU pressure (other systems, old
+    kernels) the rule is a load average above the CPU count, which trails by about a minute, so a
+    short phase inherits the minute before it."""
 
     def __init__(self) -> None:
         self._wall = time.perf_counter()
         self._cpu = _process_cpu_s()
         self._load = _loadavg_1min()
         self._system = _system_cpu_times()
+        self._pressure = cpu_pressure_us()
 
     def finish(self) -> dict[str, Any]:
         """The load block of the phase started at construction."""
         wall = time.perf_counter() - self._wall
         cpu = _process_cpu_s() - self._cpu
         load = (self._load, _loadavg_1min())
+        end = cpu_pressure_us()
+        wait = (round(min(1.0, (end - self._pressure) / 1e6 / wall), 3)
+                if self._pressure is not None and end is not None and wall > 0 else None)
         cpus = os.cpu_count() or 1
         block: dict[str, Any] = {
             "cpus": cpus, "threads": torch.get_num_threads(), "wall_s": round(wall, 3),
-            "loadavg_start": load[0], "loadavg_end": load[1], "process_cpu_s": round(cpu, 3),
+            "cpu_wait_share": wait, "loadavg_start": load[0], "loadavg_end": load[1], "process_cpu_s": round(cpu, 3),
             "process_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
             "system_busy": _busy_fraction(self._system, _system_cpu_times()),
-            "oversubscribed": None if None in load else max(load) > cpus,
+            "oversubscribed": oversubscribed(wait, load, cpus),
         }
         return block
+
+
+def oversubscribed(wait_share: float | None, loadavg: tuple[float | None, float | None], cpus: int) -> bool | None:
+    """The flag of a phase: by CPU pressure where the kernel gives it, else by load average (None: neither)."""
+    if wait_share is not None:
+        return wait_share > WAIT_LIMIT
+    return None if None in loadavg else max(loadavg) > cpus
+
+
+def cpu_pressure_us(path: str = "/proc/pressure/cpu") -> int | None:
+    """Microseconds so far in which at least one runnable task waited for a CPU (the `some total` of
+    Linux's pressure stall information), or None where the kernel does not report it."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _process_cpu_s() -> float:

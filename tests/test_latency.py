@@ -7,6 +7,7 @@ import json
 import math
 import shlex
 import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,9 @@ from helpers_sweep import comparable, quiet_env, records  # noqa: F401  (autouse
 from kdbench import store
 from kdbench.cli import main
 from kdbench import latency as latency_module
-from kdbench.measure import LoadProbe, StopRule, Timing, adaptive_timing, ci_within, latency_ms, median_ci, min_rounds, sample_until
+from kdbench import measure
+from kdbench.measure import (LoadProbe, StopRule, Timing, adaptive_timing, ci_within, cpu_pressure_us, latency_ms, median_ci,
+                             min_rounds, oversubscribed, sample_until)
 from kdbench.report.context import Context
 from kdbench.report.data import ACCURACY, load
 from kdbench.report.tables import OVERSUBSCRIBED, TABLES, environment_table
@@ -129,7 +132,24 @@ def test_a_timing_across_rounds_is_the_median_and_ci_of_the_rounds_medians():
 def test_load_probe_records_the_cpus_the_load_and_oversubscription():
     block = LoadProbe().finish()
     assert block["cpus"] >= 1 and block["threads"] == torch.get_num_threads() and block["wall_s"] >= 0
-    assert block["oversubscribed"] == (max(block["loadavg_start"], block["loadavg_end"]) > block["cpus"])
+    assert block["oversubscribed"] == oversubscribed(block["cpu_wait_share"], (block["loadavg_start"],
+                                                                              block["loadavg_end"]), block["cpus"])
+
+
+def test_oversubscription_is_judged_by_cpu_pressure_over_the_phase(tmp_path, monkeypatch):
+    # CPU pressure, where the kernel reports it, decides; a stale load average (the minute before) does not
+    assert oversubscribed(0.05, (9.0, 9.0), 2) is False and oversubscribed(0.5, (0.1, 0.1), 2) is True
+    assert oversubscribed(None, (3.0, 1.0), 2) is True and oversubscribed(None, (1.0, 1.5), 2) is False
+    assert oversubscribed(None, (None, None), 2) is None
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=7.93 avg60=7.72 avg300=3.19 total=18505952\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert cpu_pressure_us(str(psi)) == 18505952 and cpu_pressure_us(str(tmp_path / "absent")) is None
+    readings = iter([1_000_000, 1_000_000 + 300_000])  # 0.3 s of waiting in a phase of about 0.5 s
+    monkeypatch.setattr(measure, "cpu_pressure_us", lambda: next(readings))
+    probe = LoadProbe()
+    time.sleep(0.5)
+    block = probe.finish()
+    assert 0.4 < block["cpu_wait_share"] <= 0.6 and block["oversubscribed"] is True
 
 
 # ---------------------------------------------------------------------------------- the pass itself

@@ -121,7 +121,7 @@ _PHASES = {"train": "training", "latency": "latency"}
 
 def busy_cells(ctx: Context, df: pd.DataFrame, keys: list[str], phase: str) -> dict[tuple, int]:
     """Cells (key tuples) with runs whose `phase` was timed on an oversubscribed machine (the
-    record's `env.load.<phase>.oversubscribed`: load average above the CPU count), and how many."""
+    record's `env.load.<phase>.oversubscribed`, `measure.LoadProbe`), and how many."""
     def busy(key: str) -> bool:
         load = (ctx.results.env.get(key) or {}).get("load")
         return isinstance(load, dict) and isinstance(load.get(phase), dict) and load[phase].get("oversubscribed") is True
@@ -139,7 +139,8 @@ def busy_note(busy: dict[tuple, int], phase: str) -> list[str]:
     if not busy:
         return []
     return [f"{OVERSUBSCRIBED} {sum(busy.values())} run(s) of {len(busy)} cell(s) had their {_PHASES[phase]} timed while "
-            f"the machine was oversubscribed (1-min load average above its CPU count, `env.load.{phase}`): "
+            f"the machine was oversubscribed (`env.load.{phase}`: threads waited for a core over 20% of the "
+            "phase by CPU pressure, or, where a record has none, the 1-min load average exceeded the CPU count): "
             f"those times include waiting for a core and are inflated."]
 
 
