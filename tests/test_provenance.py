@@ -30,3 +30,19 @@ def test_a_run_outside_the_grid_is_counted_and_unknown_runs_match_nothing(data_r
     assert match_preset(["kd-mnist-s0-0000000000000000"], ["mnist"]) is None
     assert match_preset(keys, ["digits"]) is None  # presets on other datasets are not even planned
     assert preset_line(None, "x") == []
+
+
+def test_a_folder_of_two_presets_names_both(data_root):
+    """A table's ff cells and its GAN cells are two presets sweeping into one folder: the report names
+    each, with its command, and counts what neither holds."""
+    from kdbench.report.provenance import match_presets, preset_lines
+    from kdbench.sweep import SweepSpec, plan
+
+    gan = [p.key for p in plan(SweepSpec.build(preset="tcn-table3-mnist-gan-cpu"), "/nonexistent")][:3]
+    keys = [*_keys(), *gan, "kd-mnist-s0-0000000000000000"]
+    found = match_presets(keys, ["mnist"])
+    assert [(m.name, m.here) for m in found] == [("tcn-table3-mnist", len(_keys())), ("tcn-table3-mnist-gan-cpu", 3)]
+    lines = preset_lines(found, "tcn-table3-mnist")
+    assert len(lines) == 3 and "--preset tcn-table3-mnist-gan-cpu --out results/tcn-table3-mnist` runs the other 9" in lines[1]
+    assert lines[2] == "1 runs here are in none of these presets."
+    assert "not in that preset" not in lines[0]

@@ -294,3 +294,20 @@ def test_kdbench_sweep_is_both_the_api_and_the_module():
     assert [p.status for p in res.planned] == ["todo", "todo"]
     assert module("kd", dataset="digits", seeds=2, dry_run=True, log=None).planned == res.planned
     assert module.SweepSpec is SweepSpec
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_gan_cpu_presets_expand_to_the_stated_grids_and_share_the_ff_cells_protocol(dataset):
+    """The GAN cells of TCN Table 3 at a CPU recipe: paper-intent n = 1, 2, 4, 8 at 10 epochs per student,
+    2 seeds; on MNIST also the decisive n = 4 cell at the paper's 35 epochs in both variants. Same split,
+    students and teacher as the ff preset, so its records join that preset's folder and its KD cell."""
+    runs = plan(SweepSpec.build(preset=f"tcn-table3-{dataset}-gan-cpu"), "/nonexistent")
+    cells = {(p.spec.n_students, p.spec.params.get("gan_variant"), p.resolved.schedule.epochs) for p in runs}
+    expected = {(n, "paper-intent", 10) for n in (1, 2, 4, 8)}
+    if dataset == "mnist":
+        expected |= {(4, v, 35) for v in ("code-faithful", "paper-intent")}
+    assert cells == expected and len(runs) == 2 * len(expected) and {p.spec.seed for p in runs} == {0, 1}
+    assert {(p.spec.method, p.spec.mode) for p in runs} == {("tcn", "gan")}
+    ff = plan(SweepSpec.build(preset=f"tcn-table3-{dataset}"), "/nonexistent")
+    assert ({(p.spec.dataset, p.spec.val_fraction, p.spec.budget, p.resolved.spec.teacher) for p in runs}
+            == {(p.spec.dataset, p.spec.val_fraction, p.spec.budget, p.resolved.spec.teacher) for p in ff if p.spec.method == "tcn"})

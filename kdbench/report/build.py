@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 from ..config import check_report_name
 from ..errors import KdbenchError
 from . import claims, paper, plots, sizes, tables, teacher_sizes
-from .provenance import match_preset, preset_line
+from .provenance import match_presets, preset_lines
 from .context import Context
 from .data import ACCURACY, load
 from .render import FORMATS, invalid_heading
@@ -65,7 +65,7 @@ def protocol(ctx: Context, selection: Selection | None = None) -> list[str]:
         not_counted += f"; {len(res.invalid)} invalid record files are excluded (listed above)"
     missing = ([f"The baseline method `{ctx.baseline}` has no runs here: no significance tests."]
                if not (ctx.df["method"] == ctx.baseline).any() else [])
-    preset = preset_line(match_preset(ctx.df["run_key"], ctx.df["dataset"]), res.source)
+    preset = preset_lines(match_presets(ctx.df["run_key"], ctx.df["dataset"]), res.source)
     return [
         f"Source: `{res.source}`, {n_ok} ok run records{not_counted}.",
         *preset,
