@@ -38,6 +38,7 @@ from .measure import LoadProbe, StopRule, Timing, adaptive_timing, environment, 
 
 DEFAULT_THREADS = 1
 DEFAULT_ROUNDS = 10
+EXTRA_ROUNDS = 1.0  # a run with a timing still wider than asked after the rounds gets up to this many times more
 BATCHES = (1, 256)
 LOCK_NAME = ".latency.lock"  # one pass per results directory at a time (two at once would not be quiet)
 # metrics this pass owns: replaced as a whole, so no in-run value survives next to a quiet one
@@ -69,8 +70,8 @@ class PassResult:
 
 
 def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, threads: int = DEFAULT_THREADS,
-               rule: StopRule = StopRule(), rounds: int = DEFAULT_ROUNDS, force: bool = False,
-               data_root: str | Path | None = None, log: Log | None = print) -> PassResult:
+               rule: StopRule = StopRule(), rounds: int = DEFAULT_ROUNDS, max_rounds: int | None = None,
+               force: bool = False, data_root: str | Path | None = None, log: Log | None = print) -> PassResult:
     """Time the ok records of `out_dir` (those of `keys`, else all) that have no quiet latency yet
     (`force`: all of them again) and write the times into them. Bad input raises KdbenchError; a
     record that cannot be rebuilt here (data, device or module teacher missing) is skipped with why.
@@ -79,12 +80,17 @@ def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, thread
     round a `rounds`-th of the rule's seconds); a timing is the median of its rounds' medians, with
     the CI across rounds: the machine's drift from one minute to the next then falls on every run
     alike instead of on whichever run was being timed, and shows in the CI instead of hiding in
-    the calls of one moment."""
+    the calls of one moment. A run with a timing whose CI across rounds is still wider than the rule
+    asks gets further rounds, it alone, until every one of its timings is within the rule or it has
+    `max_rounds` (default `rounds` x (1 + EXTRA_ROUNDS)); the CI shrinks about as one over the root
+    of the rounds, so this closes moderate drift and records the rest as capped."""
     from filelock import FileLock
 
     out = store.results_dir(out_dir)
     check_threads(threads)
     check_rounds(rounds, rule)
+    max_rounds = round(rounds * (1 + EXTRA_ROUNDS)) if max_rounds is None else max_rounds
+    check_max_rounds(max_rounds, rounds)
     wanted = None if keys is None else set(keys)
     result = PassResult()
     with FileLock(str(out / LOCK_NAME)), torch_threads(threads):
@@ -103,6 +109,12 @@ def quiet_pass(out_dir: str | Path, keys: Iterable[str] | None = None, *, thread
         probe = LoadProbe()
         for round_ in range(rounds if prepared else 0):
             for prep in progress(prepared, f"latency round {round_ + 1}/{rounds}", log):
+                timer.time_round(prep, round_)
+        for round_ in range(rounds, max_rounds):
+            wide = [prep for prep in prepared if timer.wide(prep)]
+            if not wide:
+                break
+            for prep in progress(wide, f"latency round {round_ + 1} (up to {max_rounds}, {len(wide)} wide)", log):
                 timer.time_round(prep, round_)
         load = probe.finish()
         for prep in prepared:
@@ -127,6 +139,11 @@ def check_rounds(rounds: Any, rule: StopRule = StopRule()) -> None:
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < least:
         raise KdbenchError(f"latency rounds must be an integer >= {least} (a {rule.confidence:.0%} CI of the median "
                            f"across rounds needs {least}), got {rounds!r}")
+
+
+def check_max_rounds(max_rounds: Any, rounds: int) -> None:
+    if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < rounds:
+        raise KdbenchError(f"latency max rounds must be an integer >= the rounds ({rounds}), got {max_rounds!r}")
 
 
 def progress(items: list, desc: str, log: Log | None) -> Iterable:
@@ -206,6 +223,10 @@ class _Timer:
         for name, t in timings.items():
             prep.parts.setdefault(name, []).append(t)
 
+    def wide(self, prep: _Prepared) -> bool:
+        """Whether one of `prep`'s timings so far has a CI across rounds wider than the rule asks."""
+        return any(Timing.across_rounds(parts, self.rule).capped for parts in prep.parts.values())
+
     def _teacher_time(self, prep: _Prepared, batch: int, round_: int) -> Timing:
         tkey, model = prep.teacher
         key = (tkey, str(prep.device), batch, round_)
@@ -225,16 +246,16 @@ class _Timer:
                 if name.startswith("latency."):
                     _set_leaf(metrics["latency"], name.split(".")[1:], t.median_ms)
         metrics["latency_quiet"] = True
-        metrics["latency_pass"] = self._block(threads, prep.device, timings)
+        metrics["latency_pass"] = self._block(threads, prep.device, timings, len(prep.parts["latency_ms_b1"]))
         rec = prep.rec
         env = dict(rec.get("env") or {})
         env["load"] = {**(env.get("load") or {}), "latency": load}
         kept = {k: v for k, v in (rec.get("metrics") or {}).items() if k not in LATENCY_METRICS}
         return {**rec, "metrics": {**kept, **metrics}, "env": env}
 
-    def _block(self, threads: int, device: torch.device, timings: dict[str, Timing]) -> dict[str, Any]:
+    def _block(self, threads: int, device: torch.device, timings: dict[str, Timing], rounds: int) -> dict[str, Any]:
         return {"threads": threads, "device": str(device), "cpu": environment(device)["cpu"],
-                "rule": asdict(self.rule), "rounds": self.rounds, "weights": WEIGHTS_NOTE,
+                "rule": asdict(self.rule), "rounds": rounds, "weights": WEIGHTS_NOTE,
                 "capped": any(t.capped for t in timings.values()),
                 "timings": {name: t.as_dict() for name, t in timings.items()},
                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

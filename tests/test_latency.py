@@ -186,7 +186,9 @@ def test_latency_command_fills_quiet_latency_into_valid_records(trained: Path, t
         assert comparable(rec) == comparable(before[key])  # key, spec, accuracies, history: untouched
         assert rec["metrics"]["test_acc"] == before[key]["metrics"]["test_acc"]
         m = rec["metrics"]
-        assert m["latency_quiet"] is True and m["latency_pass"]["threads"] == 1 and m["latency_pass"]["rounds"] == latency_module.DEFAULT_ROUNDS
+        rounds = m["latency_pass"]["rounds"]  # more than the default only while a timing is wider than asked
+        assert m["latency_quiet"] is True and m["latency_pass"]["threads"] == 1
+        assert latency_module.DEFAULT_ROUNDS <= rounds <= 2 * latency_module.DEFAULT_ROUNDS
         timings = m["latency_pass"]["timings"]
         expected = LATENCY_TIMINGS | (TCN_VARIANTS if rec["spec"]["method"] == "tcn" else set())
         assert set(timings) == expected
@@ -215,7 +217,7 @@ def test_the_pass_times_every_run_once_per_round_interleaved(trained: Path, tmp_
         return real(model, example, batch, device, repeats)
 
     monkeypatch.setattr(latency_module, "latency_ms", spy)
-    result = latency_module.quiet_pass(out, rounds=6, rule=StopRule(max_seconds=0.5), log=None)
+    result = latency_module.quiet_pass(out, rounds=6, max_rounds=6, rule=StopRule(max_seconds=0.5), log=None)
     assert len(result.measured) == 3
     runs = list(dict.fromkeys(order))  # the deployed predictors and the teacher, in first-timed order
     assert len(runs) >= 3 and order == runs * 6
@@ -225,13 +227,34 @@ def test_the_pass_times_every_run_once_per_round_interleaved(trained: Path, tmp_
         assert all(t["repeats"] >= 6 and all(map(math.isfinite, t["ci_ms"])) for t in passed["timings"].values())
 
 
+def test_a_run_with_a_timing_wider_than_asked_gets_more_rounds_alone(trained: Path, tmp_path: Path, monkeypatch):
+    """Repeats until the CI is within the rule: a wide run gets further rounds, the settled ones none,
+    up to max_rounds; the record says how many rounds it got."""
+    out = _copy(trained, tmp_path / "runs")
+    target = sorted(records(out))[0]
+    assert not latency_module._Timer(StopRule(), 6, None).wide(latency_module._Prepared(
+        {}, nn.Identity(), None, torch.zeros(1), torch.device("cpu"), None,
+        {"latency_ms_b1": [Timing(1.0, (0.99, 1.01), 10, False, 0.1)] * 6}))  # six agreeing rounds: settled
+
+    def wide(self, prep) -> bool:  # one run stays wide until it has 9 rounds
+        return prep.rec["run_key"] == target and len(prep.parts["latency_ms_b1"]) < 9
+
+    monkeypatch.setattr(latency_module._Timer, "wide", wide)
+    latency_module.quiet_pass(out, rounds=6, rule=StopRule(max_seconds=0.3), log=None)
+    got = {k: r["metrics"]["latency_pass"]["rounds"] for k, r in records(out).items()}
+    assert got == {k: 9 if k == target else 6 for k in got}
+    monkeypatch.setattr(latency_module._Timer, "wide", lambda self, prep: True)  # never settles: the cap
+    latency_module.quiet_pass(out, rounds=6, max_rounds=8, rule=StopRule(max_seconds=0.3), force=True, log=None)
+    assert {r["metrics"]["latency_pass"]["rounds"] for r in records(out).values()} == {8}
+
+
 def test_a_predictor_that_cannot_be_rebuilt_is_skipped_with_why(trained: Path, tmp_path: Path, capsys):
     out = _copy(trained, tmp_path / "runs")
     path = next(p for p in sorted(out.glob("kd-*.json")))
     rec = json.loads(path.read_text())
     rec["metrics"]["params"] += 1  # metrics are not hashed: the record stays valid, its model is another
     store.write_record(out, rec)
-    assert main(["latency", str(out), "--max-seconds", "0.5"]) == 1
+    assert main(["latency", str(out), "--max-seconds", "0.5", "--max-rounds", "10"]) == 1
     text = capsys.readouterr().out
     assert f"skipped {rec['run_key']}: the rebuilt kd predictor has" in text and "2 run(s) timed" in text
     assert "latency_quiet" not in json.loads(path.read_text())["metrics"]
@@ -256,6 +279,7 @@ def test_sweep_ends_with_the_quiet_pass_unless_no_latency(tmp_path: Path):
     ("latency {out} --rel-ci 2", "--rel-ci must be in (0, 1)"),
     ("latency {out} --max-repeats 3", "--max-repeats must be >= 6"),
     ("latency {out} --rounds 5", "latency rounds must be an integer >= 6"),
+    ("latency {out} --max-rounds 8", "latency max rounds must be an integer >= the rounds (10)"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys, argv: str, message: str):
     (tmp_path / "out").mkdir()

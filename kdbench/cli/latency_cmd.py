@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="time every run once per round, R interleaved rounds, each a R-th of the seconds; "
                         "a timing is the median of its rounds' medians, with the CI across rounds (at least 6; "
                         "default 10)")
+    p.add_argument("--max-rounds", type=int, metavar="M",
+                   help="a run with a timing still wider than --rel-ci after the rounds gets more rounds, it alone, "
+                        "up to M in all (default 2 x --rounds; equal to --rounds: none)")
     p.add_argument("--data-root", help="where datasets live (default: $KDBENCH_DATA, ./data, ...)")
     p.set_defaults(func=run)
     return p
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ..latency import DEFAULT_ROUNDS, quiet_pass
 
     rounds = DEFAULT_ROUNDS if args.rounds is None else args.rounds
-    result = quiet_pass(args.results_dir, threads=args.threads, rule=stop_rule(args), rounds=rounds, force=args.force,
+    result = quiet_pass(args.results_dir, threads=args.threads, rule=stop_rule(args), rounds=rounds,
+                        max_rounds=args.max_rounds, force=args.force,
                         data_root=args.data_root, log=print)
     return 1 if result.skipped else 0
