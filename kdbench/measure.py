@@ -239,16 +239,21 @@ def oversubscribed(wait_share: float | None, loadavg: tuple[float | None, float 
     return None if None in loadavg else max(loadavg) > cpus
 
 
-def cpu_pressure_us(path: str = "/proc/pressure/cpu") -> int | None:
+PRESSURE_FILES = ("/sys/fs/cgroup/cpu.pressure", "/proc/pressure/cpu")  # this cgroup's (v2) first: a container's limit
+
+
+def cpu_pressure_us(path: str | None = None) -> int | None:
     """Microseconds so far in which at least one runnable task waited for a CPU (the `some total` of
-    Linux's pressure stall information), or None where the kernel does not report it."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("some "):
-                    return int(line.rsplit("total=", 1)[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    Linux's pressure stall information: this cgroup's where cgroup v2 gives it, else the machine's),
+    or None where the kernel does not report it."""
+    for candidate in (path,) if path else PRESSURE_FILES:
+        try:
+            with open(candidate) as f:
+                for line in f:
+                    if line.startswith("some "):
+                        return int(line.rsplit("total=", 1)[1])
+        except (OSError, ValueError, IndexError):
+            continue
     return None
 
 

@@ -42,7 +42,7 @@ def test_a_folder_of_two_presets_names_both(data_root):
     keys = [*_keys(), *gan, "kd-mnist-s0-0000000000000000"]
     found = match_presets(keys, ["mnist"])
     assert [(m.name, m.here) for m in found] == [("tcn-table3-mnist", len(_keys())), ("tcn-table3-mnist-gan-cpu", 3)]
-    lines = preset_lines(found, "tcn-table3-mnist")
+    lines = preset_lines(found, "tcn-table3-mnist", len(keys))
     assert len(lines) == 3 and "--preset tcn-table3-mnist-gan-cpu --out results/tcn-table3-mnist` runs the other 9" in lines[1]
     assert lines[2] == "1 runs here are in none of these presets."
     assert "not in that preset" not in lines[0]

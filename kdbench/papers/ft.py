@@ -19,7 +19,8 @@ OWN = "ft."  # the columns of FT's own metrics (metrics["ft"] of its records)
 _FT, _KD, _NOKD = (Side("FT", method_runs("ft")), Side("KD", method_runs("kd")),
                    Side("no KD", method_runs("student")))
 claim(20, "ft", Claim("FT (factor transfer)", "FT ≥ KD > no KD",
-                      (Step(_FT, _KD, strict=False), Step(_KD, _NOKD), Step(_FT, _NOKD)), within=("dataset", "student")))
+                      (Step(_FT, _KD, strict=False), Step(_KD, _NOKD), Step(_FT, _NOKD)),
+                      within=("dataset", "student", "max_train", "epochs"), datasets=("cifar10", "cifar100")))
 
 
 @comparison(75, "ft_cifar")

@@ -15,7 +15,7 @@ METHOD_DISPLAY.add("takd", MethodDisplay("TAKD", 30))
 _TAKD, _KD, _NOKD = (Side("TAKD", method_runs("takd")), Side("KD", method_runs("kd")),
                      Side("no KD", method_runs("student")))
 claim(10, "takd_table1", Claim("TAKD Table 1", "TAKD > KD > no KD", (Step(_TAKD, _KD), Step(_KD, _NOKD), Step(_TAKD, _NOKD)),
-                               within=("dataset", "student")))
+                               within=("dataset", "student", "max_train", "epochs"), datasets=("cifar10", "cifar100")))
 
 
 @table(80, "takd_table1", "TAKD Table 1: no KD / KD / TAKD")

@@ -65,7 +65,7 @@ def protocol(ctx: Context, selection: Selection | None = None) -> list[str]:
         not_counted += f"; {len(res.invalid)} invalid record files are excluded (listed above)"
     missing = ([f"The baseline method `{ctx.baseline}` has no runs here: no significance tests."]
                if not (ctx.df["method"] == ctx.baseline).any() else [])
-    preset = preset_lines(match_presets(ctx.df["run_key"], ctx.df["dataset"]), res.source)
+    preset = preset_lines(match_presets(ctx.df["run_key"], ctx.df["dataset"]), res.source, ctx.df["run_key"].nunique())
     return [
         f"Source: `{res.source}`, {n_ok} ok run records{not_counted}.",
         *preset,

@@ -80,11 +80,12 @@ def match_preset(keys: Iterable[str], datasets: Iterable[str]) -> PresetMatch | 
     return found[0] if found else None
 
 
-def preset_lines(matches: list[PresetMatch], source: str) -> list[str]:
-    """The protocol lines naming each preset and its command (nothing when no preset matches)."""
+def preset_lines(matches: list[PresetMatch], source: str, total: int) -> list[str]:
+    """The protocol lines naming each preset and its command (nothing when no preset matches);
+    `total`: the report's runs."""
     lines = [line for m in matches for line in preset_line(m, source, alone=len(matches) == 1)]
     if len(matches) > 1:
-        outside = matches[0].here + matches[0].outside - len(frozenset().union(*(m.keys for m in matches)))
+        outside = total - len(frozenset().union(*(m.keys for m in matches)))
         if outside:
             lines.append(f"{outside} runs here are in none of these presets.")
     return lines
