@@ -465,3 +465,11 @@ def test_learning_curves_average_the_histories_of_seeds(tmp_path: Path):
     assert frame.groupby("step")["val_acc"].mean().tolist() == [90.5, 100.5]
     fig = learning_curves(ctx, tmp_path / "report")
     assert fig.files and (tmp_path / "report" / fig.files[0]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_imported_teacher_is_shown_by_its_file_name_not_this_machines_folder():
+    from kdbench.report.tables import _teacher_source
+
+    assert _teacher_source({"source": "imported from /work/shared/weights/cifar/resnet56-4bfd9763.th"}) == \
+        "imported from resnet56-4bfd9763.th"
+    assert _teacher_source({"source": "trained"}) == "trained" and _teacher_source({}) == ""

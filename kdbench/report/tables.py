@@ -7,6 +7,7 @@ saying which records were missing. Cells hold mean ± spread (n=...) over seeds;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -281,7 +282,7 @@ def teachers_table(ctx: Context) -> Table:
             continue
         warned.update(dict.fromkeys(str(w) for w in info.get("warnings") or []))
         row = rows.setdefault(tid, {"teacher": str(info.get("arch", "")), "dataset": str(info.get("dataset", "")),
-                                    "source": str(info.get("source", "")), "how": _teacher_how(info),
+                                    "source": _teacher_source(info), "how": _teacher_how(info),
                                     "val_acc": val, "test_acc": test, "runs": 0})
         row["runs"] += 1
     data = pd.DataFrame(list(rows.values()), columns=["teacher", "dataset", "source", "how", "val_acc", "test_acc", "runs"])
@@ -296,6 +297,14 @@ def teachers_table(ctx: Context) -> Table:
                  ["From the records' `teacher` block. A trained teacher uses kdbench's recipe (shown), not a "
                   "paper's unless the recipe says so; its test accuracy is reported only, never used for selection.",
                   *(f"Warning: {w}" for w in warned)])
+
+
+def _teacher_source(info: dict[str, Any]) -> str:
+    """How the teacher was made; an imported one by its file's name (the folder is one machine's: the
+    weights' checksum beside it identifies them anywhere)."""
+    source = str(info.get("source", ""))
+    prefix = "imported from "
+    return f"{prefix}{Path(source[len(prefix):]).name}" if source.startswith(prefix) else source
 
 
 def _teacher_how(info: dict[str, Any]) -> str:
