@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -274,16 +274,24 @@ class MLflowTracker:
         return (self.root / "mlruns").absolute().as_uri()
 
     def _experiment(self) -> str:
+        """The experiment's id, created when missing. A local file store checks a new name against
+        the folders it lists, so two pool workers creating it at once made two experiments of one
+        name (one run then missing from the one found by name): there, one lock around find-or-create."""
+        from filelock import FileLock
         from mlflow.exceptions import MlflowException
 
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "kdbench"
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except MlflowException:  # a concurrent worker created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+        local = not os.environ.get("MLFLOW_TRACKING_URI")
+        if local:
+            self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / ".mlruns.lock")) if local else nullcontext():
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException:  # a concurrent client of a tracking server created it first
+                return self.client.get_experiment_by_name(name).experiment_id
 
     def start(self, run_key: str, spec: dict[str, Any]) -> None:
         from mlflow import MlflowClient
