@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,3 +313,12 @@ def test_gan_cpu_presets_expand_to_the_stated_grids_and_share_the_ff_cells_proto
     ff = plan(SweepSpec.build(preset=f"tcn-table3-{dataset}"), "/nonexistent")
     assert ({(p.spec.dataset, p.spec.val_fraction, p.spec.budget, p.resolved.spec.teacher) for p in runs}
             == {(p.spec.dataset, p.spec.val_fraction, p.spec.budget, p.resolved.spec.teacher) for p in ff if p.spec.method == "tcn"})
+
+
+def test_cli_lines_reach_a_redirected_log_as_printed():
+    """`nohup kdbench sweep ... > log`: stdout is a file, not a terminal, and must still be line-buffered,
+    or a sweep's per-run lines wait in the buffer until it exits."""
+    code = "import sys; from kdbench.cli import main; main(['list', 'presets']); sys.stderr.write(repr(sys.stdout.line_buffering))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.endswith("True")

@@ -90,7 +90,15 @@ def one_line(message: str) -> str:
     return _OWN_PREFIX.sub("", text) or "unknown error"
 
 
+def line_buffered_stdout() -> None:
+    """Per-run lines reach a redirected log (`nohup kdbench sweep ... > log`) as they happen: Python
+    block-buffers a stdout that is not a terminal, which held a sweep's lines back for hours."""
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    line_buffered_stdout()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
