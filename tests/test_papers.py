@@ -103,3 +103,16 @@ def test_tcn_comparisons_take_only_runs_at_the_tcn_protocol():
     assert list(_paper_protocol(everything, teacher_row=False)(df)["run_key"]) == ["full"]
     assert list(_paper_protocol(everything, teacher_row=True)(df)["run_key"]) == ["full", "mlp"]
     assert list(_paper_protocol(everything, teacher_row=False)(df.drop(columns="max_train"))["run_key"]) == ["full", "subset"]
+
+
+def test_takd_comparison_cells_need_that_students_takd_runs():
+    """FT's resnet20 -> resnet8 KD runs are not the KD cell of TAKD's resnet110 -> resnet14 -> resnet8 chain."""
+    import pandas as pd
+
+    from kdbench.papers.takd import takd_datasets
+
+    df = pd.DataFrame({"method": ["student", "kd", "kd", "takd"], "student": ["resnet8", "resnet8", "plain2", "plain2"],
+                       "dataset": ["cifar10-jpeg"] * 4})
+    assert takd_datasets(df, "resnet8") == set()
+    assert takd_datasets(df, "plain2") == {"cifar10-jpeg"}
+    assert takd_datasets(df.assign(method=["student", "kd", "kd", "takd"], student=["resnet8b"] * 4), "resnet8") == {"cifar10-jpeg"}

@@ -48,6 +48,12 @@ def paper_student(name: str) -> tuple[str, ...]:
     return (name, f"{name}b") if name.startswith("resnet") else (name,)
 
 
+def takd_datasets(df: pd.DataFrame, student: str) -> set[str]:
+    """Datasets on which this student ran TAKD: a Table 1 row is one teacher -> assistant -> student chain,
+    so a report of other KD runs of the same student (FT's, from another teacher) fills none of its cells."""
+    return set(df.loc[(df["method"] == "takd") & df["student"].isin(paper_student(student)), "dataset"])
+
+
 @comparison(70, "takd_table1")
 def _takd_table1(ctx: Context) -> Comparison:
     acc = ctx.accuracy.column
@@ -60,7 +66,8 @@ def _takd_table1(ctx: Context) -> Comparison:
             ident = {"dataset": r.dataset, "family": r.model_family, "config": r.config, "method": what}
 
             def select(df: pd.DataFrame, method: str = method, student: str = student) -> pd.DataFrame:
-                return df[(df["method"] == method) & df["student"].isin(paper_student(student))]
+                return df[(df["method"] == method) & df["student"].isin(paper_student(student))
+                          & df["dataset"].isin(takd_datasets(df, student))]
             rows.append(RefRow(ident, r.dataset, num(pub), select, column(acc), r.evidence))
     return Comparison("paper_takd_table1", "Paper vs kdbench: TAKD Table 1 (test accuracy, %)", rows, acc_fmt,
                       [ctx.accuracy_note(), "The paper (official code) reported the best test accuracy over "
