@@ -105,14 +105,22 @@ def test_tcn_comparisons_take_only_runs_at_the_tcn_protocol():
     assert list(_paper_protocol(everything, teacher_row=False)(df.drop(columns="max_train"))["run_key"]) == ["full", "subset"]
 
 
-def test_takd_comparison_cells_need_that_students_takd_runs():
-    """FT's resnet20 -> resnet8 KD runs are not the KD cell of TAKD's resnet110 -> resnet14 -> resnet8 chain."""
+
+def test_paper_cells_come_from_the_papers_own_setting():
+    """A TAKD Table 1 (or FT) cell is the paper method's setting: students that ran the method, and KD
+    from the teacher the method ran from. FT's resnet20 -> resnet8 KD is not the KD of a resnet56 ->
+    resnet14 -> resnet8 TAKD chain, nor is KD from a smaller teacher of a teacher-size study."""
     import pandas as pd
 
-    from kdbench.papers.takd import takd_datasets
+    from kdbench.report.paper import from_teacher_of, method_runs, where_ran
 
-    df = pd.DataFrame({"method": ["student", "kd", "kd", "takd"], "student": ["resnet8", "resnet8", "plain2", "plain2"],
-                       "dataset": ["cifar10-jpeg"] * 4})
-    assert takd_datasets(df, "resnet8") == set()
-    assert takd_datasets(df, "plain2") == {"cifar10-jpeg"}
-    assert takd_datasets(df.assign(method=["student", "kd", "kd", "takd"], student=["resnet8b"] * 4), "resnet8") == {"cifar10-jpeg"}
+    df = pd.DataFrame({"method": ["student", "kd", "kd", "kd", "takd", "student"],
+                       "student": ["resnet8", "resnet8", "plain2", "plain2", "plain2", "plain2"],
+                       "teacher": ["none", "resnet20", "plain10", "plain6", "plain10", "none"],
+                       "dataset": ["cifar10-jpeg"] * 6, "run_key": ["s8", "kd8", "kd10", "kd6", "takd", "s2"]})
+    assert list(from_teacher_of("takd", "kd")(df)["run_key"]) == ["kd10"]
+    assert from_teacher_of("takd", "kd")(df[df["method"] != "takd"]).empty
+    assert list(where_ran("takd", method_runs("student"))(df)["run_key"]) == ["s2"]
+    assert list(where_ran("takd", from_teacher_of("takd", "kd"))(df)["run_key"]) == ["kd10"]
+    assert where_ran("ft", method_runs("kd"))(df).empty
+    assert where_ran("takd", method_runs("kd"))(df.iloc[:0]).empty  # no runs of the paper's dataset

@@ -46,3 +46,23 @@ def test_a_folder_of_two_presets_names_both(data_root):
     assert len(lines) == 3 and "--preset tcn-table3-mnist-gan-cpu --out results/tcn-table3-mnist` runs the other 9" in lines[1]
     assert lines[2] == "1 runs here are in none of these presets."
     assert "not in that preset" not in lines[0]
+
+
+def test_of_two_presets_holding_the_same_rest_the_more_complete_is_named(data_root, monkeypatch):
+    """A teacher-size folder also holds the plain row's TAKD runs: both `takd-size-ta` and
+    `takd-table1-cpu` hold those; the one with fewer of its runs missing here is named."""
+    import pytest
+
+    from kdbench.report.provenance import match_presets
+    from kdbench.sweep import SweepSpec, plan
+
+    weights = Path(__file__).resolve().parents[2] / "shared" / "weights"
+    if not (weights / "cifar10-resnet-akamaster").is_dir():
+        pytest.skip("the shared pretrained CIFAR ResNets (for takd-table1-cpu's grid) are not here")
+    monkeypatch.setenv("KDBENCH_WEIGHTS", str(weights))
+    sizes = [p.key for p in plan(SweepSpec.build(preset="takd-size-teacher"), "/nonexistent")]
+    chain = [p.key for p in plan(SweepSpec.build(preset="takd-size-ta"), "/nonexistent")
+             if p.key.startswith("takd-") and p.resolved.spec.params.get("assistants") in (["plain4"], ("plain4",))]
+    assert len(chain) == 3
+    found = match_presets([*sizes, *chain], ["cifar10-jpeg"])
+    assert [(m.name, m.here) for m in found] == [("takd-size-teacher", 15), ("takd-size-ta", 9)]

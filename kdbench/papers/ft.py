@@ -9,14 +9,15 @@ from __future__ import annotations
 from ..report.claims import Claim, Side, Step, claim
 from ..report.context import Context, label, sort_cells
 from ..report.data import METHOD_DISPLAY, MethodDisplay, numeric
-from ..report.paper import Comparison, RefRow, acc_fmt, column, comparison, method_runs, num, reference, teacher_runs
+from ..report.paper import (Comparison, RefRow, acc_fmt, column, comparison, from_teacher_of, method_runs, num, reference,
+                            teacher_runs, where_ran)
 from ..report.table import Skipped, Table
 from ..report.tables import cell_keys, csv_frame, table
 
 METHOD_DISPLAY.add("ft", MethodDisplay("FT", 50))
 OWN = "ft."  # the columns of FT's own metrics (metrics["ft"] of its records)
 
-_FT, _KD, _NOKD = (Side("FT", method_runs("ft")), Side("KD", method_runs("kd")),
+_FT, _KD, _NOKD = (Side("FT", method_runs("ft")), Side("KD", from_teacher_of("ft", "kd")),
                    Side("no KD", method_runs("student")))
 claim(20, "ft", Claim("FT (factor transfer)", "FT ≥ KD > no KD",
                       (Step(_FT, _KD, strict=False), Step(_KD, _NOKD), Step(_FT, _NOKD)),
@@ -32,7 +33,7 @@ def _ft_cifar(ctx: Context) -> Comparison:
         if r.method == "teacher":
             select, value = teacher_runs, column("teacher_test_acc")
         else:
-            select, value = method_runs(r.method), column(acc)
+            select, value = where_ran("ft", _KD.select if r.method == "kd" else method_runs(r.method)), column(acc)
         rows.append(RefRow(ident, r.dataset, num(r.test_accuracy_pct), select, value,
                            "; ".join(x for x in (r.source, r.note) if x)))
     kd = ctx.df[ctx.df["method"].isin(["kd", "ft"])]

@@ -7,12 +7,13 @@ import pandas as pd
 from ..report.claims import Claim, Side, Step, claim
 from ..report.context import Context, label, pivot, sort_cells
 from ..report.data import METHOD_DISPLAY, MethodDisplay, numeric
-from ..report.paper import Comparison, RefRow, acc_fmt, column, comparison, method_runs, num, reference
+from ..report.paper import (Comparison, RefRow, Select, acc_fmt, column, comparison, from_teacher_of, method_runs, num,
+                            reference, where_ran)
 from ..report.table import Skipped, Table
 from ..report.tables import acc_short, cell_keys, csv_frame, table
 
 METHOD_DISPLAY.add("takd", MethodDisplay("TAKD", 30))
-_TAKD, _KD, _NOKD = (Side("TAKD", method_runs("takd")), Side("KD", method_runs("kd")),
+_TAKD, _KD, _NOKD = (Side("TAKD", method_runs("takd")), Side("KD", from_teacher_of("takd", "kd")),
                      Side("no KD", method_runs("student")))
 claim(10, "takd_table1", Claim("TAKD Table 1", "TAKD > KD > no KD", (Step(_TAKD, _KD), Step(_KD, _NOKD), Step(_TAKD, _NOKD)),
                                within=("dataset", "student", "max_train", "epochs"), datasets=("cifar10", "cifar100")))
@@ -48,12 +49,6 @@ def paper_student(name: str) -> tuple[str, ...]:
     return (name, f"{name}b") if name.startswith("resnet") else (name,)
 
 
-def takd_datasets(df: pd.DataFrame, student: str) -> set[str]:
-    """Datasets on which this student ran TAKD: a Table 1 row is one teacher -> assistant -> student chain,
-    so a report of other KD runs of the same student (FT's, from another teacher) fills none of its cells."""
-    return set(df.loc[(df["method"] == "takd") & df["student"].isin(paper_student(student)), "dataset"])
-
-
 @comparison(70, "takd_table1")
 def _takd_table1(ctx: Context) -> Comparison:
     acc = ctx.accuracy.column
@@ -65,9 +60,9 @@ def _takd_table1(ctx: Context) -> Comparison:
                                   ("TAKD", "takd", r.takd_pct)):
             ident = {"dataset": r.dataset, "family": r.model_family, "config": r.config, "method": what}
 
-            def select(df: pd.DataFrame, method: str = method, student: str = student) -> pd.DataFrame:
-                return df[(df["method"] == method) & df["student"].isin(paper_student(student))
-                          & df["dataset"].isin(takd_datasets(df, student))]
+            def select(df: pd.DataFrame, cell: Select = where_ran("takd", _KD.select if method == "kd" else method_runs(method)),
+                       student: str = student) -> pd.DataFrame:
+                return cell(df[df["student"].isin(paper_student(student))])
             rows.append(RefRow(ident, r.dataset, num(pub), select, column(acc), r.evidence))
     return Comparison("paper_takd_table1", "Paper vs kdbench: TAKD Table 1 (test accuracy, %)", rows, acc_fmt,
                       [ctx.accuracy_note(), "The paper (official code) reported the best test accuracy over "

@@ -97,6 +97,28 @@ def method_runs(method: str, mode: str = "", n: int | None = None) -> Select:
     return select
 
 
+def where_ran(subject: str, select: Select) -> Select:
+    """`select` among the runs of the datasets and students on which the paper's method `subject` ran:
+    a row of its table is that method's setting, which other runs in the folder (another paper's
+    students) do not fill."""
+    def pick(df: pd.DataFrame) -> pd.DataFrame:
+        ran = set(zip(*(df.loc[df["method"] == subject, c] for c in ("dataset", "student"))))
+        keep = pd.Series([pair in ran for pair in zip(df["dataset"], df["student"])], index=df.index, dtype=bool)
+        return select(df[keep])
+    return pick
+
+
+def from_teacher_of(subject: str, method: str) -> Select:
+    """Runs of `method` distilled from a teacher that `subject` ran from: a paper that sets its method
+    beside KD does so on one teacher, so KD from another one (a teacher-size study in the same folder)
+    is no cell of its."""
+    def select(df: pd.DataFrame) -> pd.DataFrame:
+        if "teacher" not in df.columns:
+            return df[df["method"] == method]
+        return df[(df["method"] == method) & df["teacher"].isin(set(df.loc[df["method"] == subject, "teacher"]))]
+    return select
+
+
 def teacher_runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct teacher (a shared cached teacher counts once), shaped as a teacher cell."""
     df = df.drop_duplicates(subset=["dataset", "teacher", "teacher_id"])

@@ -48,7 +48,7 @@ def _grids(datasets: set[str]) -> dict[str, dict]:
 
 def match_presets(keys: Iterable[str], datasets: Iterable[str], most: int = 3) -> list[PresetMatch]:
     """The presets that made `keys`, best first: the one whose grid holds most of them (ties: fewer
-    runs outside, then name), then the one holding most of the rest, and so on (a folder may hold
+    runs outside, then fewer of its runs missing, then name), then the one holding most of the rest, and so on (a folder may hold
     the records of several presets, e.g. a table's ff cells and its GAN cells). Only presets on one
     of `datasets` are planned; one that cannot be planned here (its teacher file is absent) is skipped."""
     keys = set(keys)
@@ -63,7 +63,7 @@ def match_presets(keys: Iterable[str], datasets: Iterable[str], most: int = 3) -
             missing = Counter(_cell(spec) for k, spec in grid.items() if k not in keys)
             m = PresetMatch(name, len(grid), len(here), len(keys - grid.keys()),
                             tuple(f"{cell} x{n}" for cell, n in missing.items()), here)
-            rank = (len(left & here), -m.outside, m.name)
+            rank = (len(left & here), -m.outside, m.here - m.planned, m.name)
             if best_rank is None or rank > best_rank:
                 best, best_rank = m, rank
         if best is None:
