@@ -60,8 +60,9 @@ def _takd_table1(ctx: Context) -> Comparison:
                                   ("TAKD", "takd", r.takd_pct)):
             ident = {"dataset": r.dataset, "family": r.model_family, "config": r.config, "method": what}
 
-            def select(df: pd.DataFrame, cell: Select = where_ran("takd", _KD.select if method == "kd" else method_runs(method)),
-                       student: str = student) -> pd.DataFrame:
+            cell = where_ran("takd", _KD.select if method == "kd" else method_runs(method))
+
+            def select(df: pd.DataFrame, cell: Select = cell, student: str = student) -> pd.DataFrame:
                 return cell(df[df["student"].isin(paper_student(student))])
             rows.append(RefRow(ident, r.dataset, num(pub), select, column(acc), r.evidence))
     return Comparison("paper_takd_table1", "Paper vs kdbench: TAKD Table 1 (test accuracy, %)", rows, acc_fmt,

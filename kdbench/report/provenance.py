@@ -48,9 +48,10 @@ def _grids(datasets: set[str]) -> dict[str, dict]:
 
 def match_presets(keys: Iterable[str], datasets: Iterable[str], most: int = 3) -> list[PresetMatch]:
     """The presets that made `keys`, best first: the one whose grid holds most of them (ties: fewer
-    runs outside, then fewer of its runs missing, then name), then the one holding most of the rest, and so on (a folder may hold
-    the records of several presets, e.g. a table's ff cells and its GAN cells). Only presets on one
-    of `datasets` are planned; one that cannot be planned here (its teacher file is absent) is skipped."""
+    runs outside, then fewer of its own runs missing, then name), then the one holding most of the
+    rest, and so on (a folder may hold the records of several presets, e.g. a table's ff cells and its
+    GAN cells). Only presets on one of `datasets` are planned; one that cannot be planned here (its
+    teacher file is absent) is skipped."""
     keys = set(keys)
     grids = _grids(set(datasets))
     left, found = set(keys), []
