@@ -38,8 +38,8 @@ def write_run(out: Path, method: str, student: str, teacher: str, seed: int, acc
     if teacher != "none":
         metrics["teacher_params"] = TEACHERS[teacher]
     if assistant:
-        metrics["takd_stages"] = [{"stage": 0, "arch": assistant, "params": ASSIST[assistant]},
-                                  {"stage": 1, "arch": student, "params": 5000}]
+        metrics["takd"] = {"takd_stages": [{"stage": 0, "arch": assistant, "params": ASSIST[assistant]},
+                                           {"stage": 1, "arch": student, "params": 5000}]}  # the method's own metrics
     write_record(out, {"run_key": store.spec_key(spec, "test"), "status": "ok", "spec": spec, "code_version": "test",
                        "metrics": metrics})
 
@@ -94,6 +94,7 @@ def test_teacher_table_and_verdicts(records: Path):
     assert v.loc["s1", "diff"] == pytest.approx(-1.0)
     assert v.loc["s1", "verdict"].startswith("no: t6 (60.00k params) gives the best student; the largest, t10")
     assert "1.00 points lower" in v.loc["s1", "verdict"]
+    assert v.loc["s1", "verdict"].endswith(": significant" if p < 0.05 else ": not significant")
     # s2: accuracy rises with the teacher: the largest is the best, no test
     assert v.loc["s2", "best_is_largest"] and np.isnan(v.loc["s2", "p_value"])
     assert v.loc["s2", "verdict"] == "yes: the largest teacher, t10 (400.00k params), gives the best student"
@@ -112,6 +113,7 @@ def test_assistant_table_and_verdict(records: Path):
     assert v["best"] == "a6" and v["beats_baseline"] and v["diff"] == pytest.approx(1.6)
     assert v["p_value"] == pytest.approx(welch_p(values(93.6, "takd"), values(92.0, "kd")), rel=1e-12)
     assert v["verdict"].startswith("yes: assistant a6 beats KD from t10 by +1.60 points (Welch p = ")
+    assert v["verdict"].endswith(": significant" if v["p_holm"] < 0.05 else ": not significant")
 
 
 def test_assistant_that_does_not_beat_kd(tmp_path: Path):

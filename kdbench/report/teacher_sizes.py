@@ -53,7 +53,8 @@ def _chain(ctx: Context, row: pd.Series) -> tuple[str | None, tuple[float, ...],
     rest = store.variant_label({"params_changed": changed})
     if not isinstance(params, dict) or ASSISTANTS not in params:
         return None, (), rest
-    stages = row.get(f"{row['method']}_stages")
+    m = row["method"]  # the stages are the method's own metric (`takd.takd_stages`; flat in older records)
+    stages = next((s for s in (row.get(f"{m}.{m}_stages"), row.get(f"{m}_stages")) if isinstance(s, (list, tuple))), None)
     if isinstance(stages, (list, tuple)) and stages and all(isinstance(s, dict) for s in stages):
         archs = [str(s.get("arch", "?")) for s in stages[:-1]]
         counts = tuple(_number(s.get("params")) for s in stages[:-1])
@@ -61,6 +62,13 @@ def _chain(ctx: Context, row: pd.Series) -> tuple[str | None, tuple[float, ...],
         archs = [str(a) for a in (params.get(ASSISTANTS) or [])]
         counts = tuple(math.nan for _ in archs)
     return (" → ".join(archs) or "none"), counts, rest
+
+
+def _significance(p_holm: float, alpha: float) -> str:
+    """The verdicts compare means; this says whether the difference behind one is significant."""
+    if not math.isfinite(p_holm):
+        return ": untested (n<2)"
+    return ": significant" if p_holm < alpha else ": not significant"
 
 
 def study_frame(ctx: Context) -> pd.DataFrame:
@@ -168,7 +176,8 @@ def teacher_verdicts(ctx: Context, series: list[tuple[dict, list[dict]]], df: pd
         else:
             verdicts.append(f"no: {r['best']} ({human_count(r['best_params'])} params) gives the best student; the "
                             f"largest, {big}, is {-r['diff']:.2f} points lower (Welch p = "
-                            f"{stats.format_p(r['p_value'])}, Holm p = {stats.format_p(r['p_holm'])})")
+                            f"{stats.format_p(r['p_value'])}, Holm p = {stats.format_p(r['p_holm'])})"
+                            f"{_significance(r['p_holm'], ctx.alpha)}")
     data["verdict"] = verdicts
     display = pd.DataFrame({"Dataset": data["dataset"], "Student": data["student"], "Configuration": data["config"],
                             "Largest teacher": data["largest"], "Best teacher": data["best"],
@@ -268,7 +277,8 @@ def chain_verdicts(ctx: Context, series: list[tuple[dict, list[dict]]], df: pd.D
         if not r["baseline"]:
             verdicts.append(f"n/a: no `{ctx.baseline}` runs from {r['teacher']} to compare")
             continue
-        ps = f"(Welch p = {stats.format_p(r['p_value'])}, Holm p = {stats.format_p(r['p_holm'])})"
+        ps = (f"(Welch p = {stats.format_p(r['p_value'])}, Holm p = {stats.format_p(r['p_holm'])})"
+              f"{_significance(r['p_holm'], ctx.alpha)}")
         if r["beats_baseline"]:
             verdicts.append(f"yes: assistant {r['best']} beats {r['baseline']} from {r['teacher']} by "
                             f"{r['diff']:+.2f} points {ps}")
