@@ -129,7 +129,10 @@ class RayExecutor(Executor):
                         yield Finished(job, fin.record, fin.wall_s)
         except BaseException:
             with _signal_handlers(signal.SIG_IGN, (signal.SIGINT, *STOP_SIGNALS)):  # a second Ctrl-C: not halfway
-                for ref in pending:
+                # only the tasks still running: cancelling one whose reply is arriving can trip a check in
+                # Ray's core worker ("it != submissible_tasks_.end()") that aborts the driver
+                _, running = ray.wait(list(pending), num_returns=len(pending), timeout=0) if pending else ([], [])
+                for ref in running:
                     ray.cancel(ref, force=True)
             raise
         finally:
