@@ -162,9 +162,10 @@ def size_plot(ctx: Context, summ: pd.DataFrame, extras: tuple[str, ...], out: Pa
     series_keys = [k for k in (*BASE_KEYS, *extras) if k not in ("dataset", *SIZE_KEYS)]
     series_extras = tuple(k for k in extras if k not in SIZE_KEYS)
     datasets = sorted(set(summ["dataset"]), key=dataset_rank)
-    fig = MplFigure(figsize=(12.0, 4.2 * len(datasets)), layout="constrained")
-    axes = fig.subplots(len(datasets), 2, squeeze=False)
-    for row, ds in zip(axes, datasets):
+    fig = MplFigure(figsize=(12.0, 5.4 * len(datasets)), layout="constrained")
+    panes = fig.subfigures(len(datasets), 1, squeeze=False)[:, 0]  # one per dataset: its two panels and legend
+    for pane, ds in zip(panes, datasets):
+        row = pane.subplots(1, 2, squeeze=False)[0]
         sub = summ[summ["dataset"] == ds].reset_index(drop=True)
         colour = {k: i for i, (k, _) in enumerate(sub.groupby(series_keys, sort=False))}  # same in both panels
         for ax, xcol, xname in ((row[0], "params", "parameters"), (row[1], "macs", "MACs per sample")):
@@ -185,7 +186,9 @@ def size_plot(ctx: Context, summ: pd.DataFrame, extras: tuple[str, ...], out: Pa
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{ds}: accuracy vs {xname}")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=6, loc="best")
+        # one legend per dataset, under its two panels (same colours in both): long cell labels drawn
+        # inside the axes covered the points
+        pane.legend(*row[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", frameon=False)
     fig.suptitle(f"Accuracy ({acc_short(ctx)}) across student sizes; error bars: 95% CI")
     return Figure(name, title, save(fig, out, name))
 
