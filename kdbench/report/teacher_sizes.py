@@ -54,7 +54,8 @@ def _chain(ctx: Context, row: pd.Series) -> tuple[str | None, tuple[float, ...],
     if not isinstance(params, dict) or ASSISTANTS not in params:
         return None, (), rest
     m = row["method"]  # the stages are the method's own metric (`takd.takd_stages`; flat in older records)
-    stages = next((s for s in (row.get(f"{m}.{m}_stages"), row.get(f"{m}_stages")) if isinstance(s, (list, tuple))), None)
+    stages = next((s for s in (row.get(f"{m}.{m}_stages"), row.get(f"{m}_stages")) if isinstance(s, (list, tuple))),
+                  None)
     if isinstance(stages, (list, tuple)) and stages and all(isinstance(s, dict) for s in stages):
         archs = [str(s.get("arch", "?")) for s in stages[:-1]]
         counts = tuple(_number(s.get("params")) for s in stages[:-1])
