@@ -112,7 +112,9 @@ def test_scale_one_and_late_defaults_keep_run_keys():
                                             ("kdgan-table1-mnist-pilot", "results/kdgan-table1-mnist-pilot"),
                                             ("kdgan-table1-mnist", "results/kdgan-table1-mnist"),
                                             ("tcn-table3-imdb", "results/tcn-table3-imdb"),
-                                            ("tcn-sst2", "results/tcn-sst2")])
+                                            ("tcn-sst2", "results/tcn-sst2"),
+                                            ("takd-size-teacher,takd-size-ta", "results/takd-size"),
+                                            ("timm-cifar10", "results/timm-cifar10")])
 def test_committed_records_are_still_in_their_presets_dry_run(preset, results, tmp_path, capsys):
     committed = {p.stem for p in (Path(__file__).parent.parent / results).glob("*.json") if p.name != "summary.json"}
     if not committed:
