@@ -313,6 +313,43 @@ def test_fit_pairs_student_j_with_chunk_j_and_reports_mse():
     assert len(fit.students) == 3 and fit.students[0] is pred.students[0]
 
 
+def test_swapped_accuracy_is_the_teachers_own_with_a_perfect_chunk_and_falls_with_a_bad_one():
+    teacher = tiny_teacher()
+    data = tiny_splits(teacher)
+    feats = teacher_features(teacher, data.val.x)
+    cols = torch.stack([torch.arange(0, 4), torch.arange(4, 8)])
+    perfect = feats[:, cols].transpose(0, 1)  # (2, N, 4): each student equals its chunk
+    acc = tcn_parts.swapped_accuracy(teacher[3], feats, cols, perfect, data.val.y)
+    assert acc == [100.0, 100.0]  # the labels are the teacher's own predictions
+    flipped = tcn_parts.swapped_accuracy(teacher[3], feats, cols, -10 * perfect, data.val.y, batch_size=5)
+    with torch.no_grad():  # recomputed by hand for the first chunk
+        f = feats.clone()
+        f[:, :4] = -10 * feats[:, :4]
+        want = 100.0 * float((teacher[3](f).argmax(1) == data.val.y).float().mean())
+    assert flipped[0] == pytest.approx(want) and flipped[0] < 100.0
+    assert feats.equal(teacher_features(teacher, data.val.x))  # the teacher's features are not written to
+
+
+@pytest.mark.parametrize("mode", ["ff", "gan"])
+def test_history_has_each_students_swapped_val_accuracy_per_epoch(mode):
+    ctx, method = make_ctx(n=2, mode=mode, epochs=2, finetune=False)
+    fit = method.fit(ctx)
+    rows = [r for r in fit.history if r["stage"] == "students"]  # alone, or fused (ff's tiny students on CPU)
+    assert sorted(j for r in rows for j in r["students"]) == [0, 0, 1, 1]  # two epochs each
+    for r in rows:  # the row's value is the mean over the students it trains
+        mine = [r[f"val_acc_swapped_s{j}"] for j in r["students"]]
+        assert r["val_acc_swapped"] == pytest.approx(sum(mine) / len(mine)) and all(0 <= a <= 100 for a in mine)
+    # at the val-best epoch of the last student, its swapped accuracy is recomputable from the kept state
+    pred = fit.predictor
+    pred.load_state_dict(fit.valbest_state)
+    best = [r for r in rows if 1 in r["students"]][fit.metrics["best_epoch_per_student"][1] - 1]
+    feats = teacher_features(ctx.teacher, ctx.data.val.x)
+    with torch.no_grad():
+        out = pred.students[1](ctx.data.val.x)[None]
+    assert tcn_parts.swapped_accuracy(ctx.teacher[3], feats, torch.arange(4, 8)[None], out, ctx.data.val.y) == \
+        pytest.approx([best["val_acc_swapped_s1"]])
+
+
 def test_finetune_trains_only_the_head():
     plain, ft = (make_ctx(n=2, finetune=f, finetune_epochs=2) for f in (False, True))
     a, b = plain[1].fit(plain[0]), ft[1].fit(ft[0])

@@ -93,7 +93,8 @@ class TCN(Method):
         history: list[dict[str, Any]] = []
         fusion: list[str] = []
         for members in run["groups"]:
-            res, rows, kind = train_group(ctx, self.params, run["mode"], members, run["students"], run["discs"], run["bounds"], run["feats_val"])
+            res, rows, kind = train_group(ctx, self.params, run["mode"], members, run["students"], run["discs"], run["bounds"], run["feats_val"],
+                                          run["view"].classifier)
             trained.update(res)
             history += rows
             fusion.append(kind)
@@ -112,7 +113,8 @@ class TCN(Method):
         history: list[list[dict[str, Any]]] = [[] for _ in ctxs]
         fusion: list[str] = []
         for members in runs[0]["groups"]:
-            per_seed = train_group_seeds(ctxs, members, [r["students"] for r in runs], runs[0]["bounds"], runs[0]["feats_val"])
+            per_seed = train_group_seeds(ctxs, members, [r["students"] for r in runs], runs[0]["bounds"], runs[0]["feats_val"],
+                                         runs[0]["view"].classifier)
             for i, (res, rows) in enumerate(per_seed):
                 trained[i].update(res)
                 history[i] += rows

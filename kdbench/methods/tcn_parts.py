@@ -58,6 +58,21 @@ def mse_per_student(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).flatten(1).mean(1)
 
 
+def swapped_accuracy(head: nn.Module, feats: Tensor, cols: Tensor, out: Tensor, y: Tensor, batch_size: int = 4096) -> list[float]:
+    """Per student i, the val accuracy (%) of the teacher's head on the teacher's own dense features
+    with chunk `cols[i]` replaced by the student's output `out[i]` (k, N, w): a per-epoch accuracy of
+    each student while it trains, before the others exist and before any fine-tuning."""
+    from kdbench.engine import accuracy
+
+    accs = []
+    for c, o in zip(cols, out):
+        f = feats.clone()
+        f[:, c] = o.to(f.dtype)
+        logits = torch.cat([head(part) for part in f.split(batch_size)])
+        accs.append(accuracy(logits, y.to(logits.device)))
+    return accs
+
+
 def ff_steps(s: nn.Module, opt_s: torch.optim.Optimizer, target: Callable[[Any], Tensor]) -> list[Step]:
     return [Step("s", opt_s, lambda b: {"mse": mse_per_student(s(b.x), target(b)).sum()})]
 

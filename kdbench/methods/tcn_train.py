@@ -18,7 +18,7 @@ from kdbench.tcn_fuse import Grouped, Single, load_tensors, stack
 
 from .tcn_gan import Discriminator, gan_metrics, gan_steps
 from .tcn_parts import (TCNPredictor, Trained, batched, chunk_bounds, chunk_sizes, ff_steps, fuse_students, head_loss,
-                        mse_per_student, student_groups)
+                        mse_per_student, student_groups, swapped_accuracy)
 
 OFFICIAL_VAL_FRACTION = 0.2
 
@@ -56,9 +56,10 @@ def setup(ctx: Context, p: Any) -> dict[str, Any]:
             "students": students, "discs": discs, "groups": groups}
 
 
-def train_group(ctx: Context, p: Any, mode: str, members: list[int], students, discs, bounds, feats_val):
+def train_group(ctx: Context, p: Any, mode: str, members: list[int], students, discs, bounds, feats_val, head: nn.Module):
     """Train the students `members` (one, or several fused) with the shared loop; per-student
-    val-best. Returns their outcomes, history rows and how they ran (single / grouped / vmap)."""
+    val-best (by feature MSE; `head`, the teacher's classifier, gives each epoch's swapped-in val
+    accuracy). Returns their outcomes, history rows and how they ran (single / grouped / vmap)."""
     k = len(members)
     wrap = stack if k > 1 else (lambda ms, bi: Single(ms[0], bi))
     s = wrap([students[j] for j in members], False).to(ctx.device)
@@ -72,18 +73,20 @@ def train_group(ctx: Context, p: Any, mode: str, members: list[int], students, d
         steps = gan_steps(s, d, opt_s, ctx.optimizer(d.parameters()), target, p.gan_variant, p.lam, p.g_step_bn)
     else:
         steps = ff_steps(s, opt_s, target)
-    x_val = ctx.split("val")[0]
+    x_val, y_val = ctx.split("val")
 
     def evaluate() -> dict[str, float]:
         out = batched(s, x_val)
         mse = mse_per_student(out, tgt_val)
-        row = {"val_mse": float(mse.mean())}
+        acc = swapped_accuracy(head, feats_val, cols, out, y_val)
+        row = {"val_mse": float(mse.mean()), "val_acc_swapped": float(np.mean(acc))}
         if d is not None:
             real = torch.sigmoid(batched(d, tgt_val, dim=1)[0]).flatten(1).mean(1)
             fake = torch.sigmoid(batched(d, out, dim=1)[0]).flatten(1).mean(1)
             row.update({"d_valid_real": float(real.mean()), "d_valid_fake": float(fake.mean())})
         for i, j in enumerate(members):
             row[f"val_mse_s{j}"] = float(mse[i])
+            row[f"val_acc_swapped_s{j}"] = acc[i]
         return row
 
     per_student = Members([f"val_mse_s{j}" for j in members],  # each student's own val-best state
@@ -103,7 +106,8 @@ def train_group(ctx: Context, p: Any, mode: str, members: list[int], students, d
     return out, rows, kind
 
 
-def train_group_seeds(ctxs: list[Context], members: list[int], students: list[list[nn.Module]], bounds, feats_val):
+def train_group_seeds(ctxs: list[Context], members: list[int], students: list[list[nn.Module]], bounds, feats_val,
+                      head: nn.Module):
     """`train_group` (ff) for the students `members` of every seed at once: copies ordered seed
     by seed, the copies of seed i reading seed i's batches. Returns per seed its outcomes and rows."""
     s, m = len(ctxs), len(members)
@@ -119,15 +123,18 @@ def train_group_seeds(ctxs: list[Context], members: list[int], students: list[li
 
     opt = ctx.optimizer(st.parameters())
     steps = [Step("s", opt, lambda b: {"mse": mse_per_student(st(b.x), target(b)).view(s, m).sum(1)})]
-    x_val = ctx.split("val")[0]
+    x_val, y_val = ctx.split("val")
 
     def evaluate() -> list[dict[str, float]]:
-        mse = mse_per_student(seed_fuse.predict_copies(st, x_val, s), tgt_val).view(s, m)
+        out = seed_fuse.predict_copies(st, x_val, s)
+        mse = mse_per_student(out, tgt_val).view(s, m)
+        acc = np.array(swapped_accuracy(head, feats_val, cols.repeat(s, 1), out, y_val)).reshape(s, m)
         rows = []
         for i in range(s):
-            row = {"val_mse": float(mse[i].mean())}
+            row = {"val_mse": float(mse[i].mean()), "val_acc_swapped": float(acc[i].mean())}
             for a, j in enumerate(members):
                 row[f"val_mse_s{j}"] = float(mse[i, a])
+                row[f"val_acc_swapped_s{j}"] = float(acc[i, a])
             rows.append(row)
         return rows
 
