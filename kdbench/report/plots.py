@@ -153,6 +153,8 @@ def curve_frame(ctx: Context, keys: list[str]) -> pd.DataFrame:
 
 @plot(40, "learning_curves")
 def learning_curves(ctx: Context, out: Path) -> Figure:
+    """One row of panels per dataset and method (and mode), so that a folder of many cells stays
+    readable; one colour per cell across the figure."""
     title = "Learning curves (val accuracy and feature MSE per epoch)"
     extras = varying_extras(ctx.df)
     keys = [*BASE_KEYS, *extras]
@@ -160,22 +162,24 @@ def learning_curves(ctx: Context, out: Path) -> Figure:
     metrics = [(m, name) for m, name in CURVES if m in frame.columns and frame[m].notna().any()]
     if frame.empty or not metrics:
         return Figure("learning_curves", title, reason="no run history with `val_acc` or `val_mse` per epoch")
-    datasets = sorted(set(frame["dataset"]), key=dataset_rank)
-    colour = {cell: i for i, (cell, _) in enumerate(frame.groupby(keys, sort=False))}  # one colour per cell, both panels
-    fig = MplFigure(figsize=(6.0 * len(metrics), 3.8 * len(datasets)), layout="constrained")
-    axes = fig.subplots(len(datasets), len(metrics), squeeze=False)
-    for row, ds in zip(axes, datasets):
-        sub = frame[frame["dataset"] == ds]
+    colour = {cell: i for i, (cell, _) in enumerate(frame.groupby(keys, sort=False, dropna=False))}
+    rows = sorted(frame.groupby(["dataset", "method", "mode"], sort=False, dropna=False), key=lambda g: dataset_rank(g[0][0]))
+    fig = MplFigure(figsize=(5.5 * len(metrics), 3.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(metrics), squeeze=False)
+    for row, ((ds, method, mode), sub) in zip(axes, rows):
         for ax, (metric, name) in zip(row, metrics):
             have = sub[sub[metric].notna()]
-            for cell, line in have.groupby(keys, sort=False):
+            if have.empty:
+                ax.set_axis_off()
+                continue
+            for cell, line in have.groupby(keys, sort=False, dropna=False):
                 i = colour[cell]
                 mean = line.groupby("step")[metric].mean()
                 ax.plot(mean.index, mean.to_numpy(), marker=MARKERS[i % len(MARKERS)], markersize=3, color=series_color(i),
                         label=label(pd.Series(dict(zip(keys, cell))), extras))
             ax.set_xlabel("epoch (across a method's stages)")
             ax.set_ylabel(name)
-            ax.set_title(f"{ds}: {name}")
+            ax.set_title(f"{ds}, {method}{f' {mode}' if isinstance(mode, str) and mode else ''}: {name}", fontsize=9)
             ax.grid(True, alpha=0.3)
             if metric == "val_mse":
                 ax.set_yscale("log")
