@@ -328,6 +328,10 @@ def test_swapped_accuracy_is_the_teachers_own_with_a_perfect_chunk_and_falls_wit
         want = 100.0 * float((teacher[3](f).argmax(1) == data.val.y).float().mean())
     assert flipped[0] == pytest.approx(want) and flipped[0] < 100.0
     assert feats.equal(teacher_features(teacher, data.val.x))  # the teacher's features are not written to
+    zeroed = tcn_parts.zeroed_accuracy(teacher[3], feats, [(0, 5), (5, 8)], data.val.y)  # unequal chunks too
+    f = feats.clone()
+    f[:, 5:] = 0
+    assert zeroed[1] == pytest.approx(100.0 * float((teacher[3](f).argmax(1) == data.val.y).float().mean()))
 
 
 @pytest.mark.parametrize("mode", ["ff", "gan"])
@@ -348,6 +352,8 @@ def test_history_has_each_students_swapped_val_accuracy_per_epoch(mode):
         out = pred.students[1](ctx.data.val.x)[None]
     assert tcn_parts.swapped_accuracy(ctx.teacher[3], feats, torch.arange(4, 8)[None], out, ctx.data.val.y) == \
         pytest.approx([best["val_acc_swapped_s1"]])
+    assert fit.metrics["val_acc_zeroed_per_student"] == tcn_parts.zeroed_accuracy(ctx.teacher[3], feats, [(0, 4), (4, 8)],
+                                                                                  ctx.data.val.y)
 
 
 def test_finetune_trains_only_the_head():

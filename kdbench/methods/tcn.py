@@ -30,7 +30,8 @@ from kdbench.errors import KdbenchError
 from kdbench.method import Context, FitResult, LatencyFn, Method, Range, Schedule, register_method
 from kdbench.tcn_fuse import grouped_plan
 
-from .tcn_parts import TCNPredictor, Trained, chunk_sizes, fuse_students, latency_fn, student_groups, teacher_width_hint
+from .tcn_parts import (TCNPredictor, Trained, chunk_sizes, fuse_students, latency_fn, student_groups, teacher_width_hint,
+                        zeroed_accuracy)
 from .tcn_train import assemble, setup, train_group, train_group_seeds
 
 MNIST_FF_EPOCHS = {1: 20, 2: 10, 4: 10, 8: 20}  # the official notebooks, per n
@@ -155,6 +156,7 @@ class TCN(Method):
             "epoch_time_s": sum(times) / (n * ctx.schedule.epochs),
             "best_epoch_per_student": [trained[j].best_epoch for j in range(n)],
             "teacher_dense_width": view.dim,
+            "val_acc_zeroed_per_student": zeroed_accuracy(view.classifier, feats_val, bounds, ctx.split("val")[1]),
         })
         if mode == "gan":
             metrics["d_bn"] = {"momentum_keras": p.d_bn_momentum, "eps": p.d_bn_eps, "init": "glorot_uniform, zero bias"}

@@ -58,6 +58,7 @@ def mse_per_student(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).flatten(1).mean(1)
 
 
+@torch.no_grad()
 def swapped_accuracy(head: nn.Module, feats: Tensor, cols: Tensor, out: Tensor, y: Tensor, batch_size: int = 4096) -> list[float]:
     """Per student i, the val accuracy (%) of the teacher's head on the teacher's own dense features
     with chunk `cols[i]` replaced by the student's output `out[i]` (k, N, w): a per-epoch accuracy of
@@ -71,6 +72,14 @@ def swapped_accuracy(head: nn.Module, feats: Tensor, cols: Tensor, out: Tensor, 
         logits = torch.cat([head(part) for part in f.split(batch_size)])
         accs.append(accuracy(logits, y.to(logits.device)))
     return accs
+
+
+def zeroed_accuracy(head: nn.Module, feats: Tensor, bounds: Sequence[tuple[int, int]], y: Tensor) -> list[float]:
+    """`swapped_accuracy` of a student that outputs zeros, per chunk: the floor of its curve (with
+    n > 1 the other chunks are the teacher's, and a head that does not need chunk j scores high
+    without it)."""
+    cols = [torch.arange(a, b, device=feats.device) for a, b in bounds]
+    return swapped_accuracy(head, feats, cols, [feats.new_zeros(len(feats), len(c)) for c in cols], y)
 
 
 def ff_steps(s: nn.Module, opt_s: torch.optim.Optimizer, target: Callable[[Any], Tensor]) -> list[Step]:
