@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -293,7 +294,8 @@ def test_kill_anywhere_then_resume(sweeps, tmp_path: Path) -> None:
         pid = server.start(out, cache)
         rc = server.wait(timeout=at if in_chain < 3 else 600)  # 3 kills per chain, then resume to the end
         if rc is None:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended and been reaped meanwhile
+                os.kill(pid, signal.SIGKILL)
             rc = server.wait(timeout=60)
             if rc != 0:  # 0: the sweep ended between the timeout and the signal (a loaded machine), a completion
                 assert rc == -signal.SIGKILL, _tail(server.log)
