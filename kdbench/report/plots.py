@@ -135,7 +135,7 @@ def acc_vs_params(ctx: Context, out: Path) -> Figure:
     return Figure("acc_vs_params", title, save(fig, out, "acc_vs_params"))
 
 
-CURVES = (("val_acc", "val accuracy (%)"), ("val_acc_swapped", "val accuracy, a TCN student's chunk in the teacher (%)"),
+CURVES = (("val_acc", "val accuracy (%)"), ("val_acc_swapped", "swapped-in val accuracy (%)"),
           ("val_mse", "val feature MSE"))
 
 
