@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from kdbench.config import RunSpec
 from kdbench.data.base import DataSpec
-from kdbench.engine import Step
+from kdbench.engine import Step, accuracy
 from kdbench.errors import KdbenchError
 from kdbench.measure import latency_ms, parallel_latency_ms
 from kdbench.method import LatencyFn
@@ -59,12 +59,11 @@ def mse_per_student(a: Tensor, b: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def swapped_accuracy(head: nn.Module, feats: Tensor, cols: Tensor, out: Tensor, y: Tensor, batch_size: int = 4096) -> list[float]:
+def swapped_accuracy(head: nn.Module, feats: Tensor, cols: Tensor | Sequence[Tensor], out: Tensor | Sequence[Tensor],
+                     y: Tensor, batch_size: int = 4096) -> list[float]:
     """Per student i, the val accuracy (%) of the teacher's head on the teacher's own dense features
     with chunk `cols[i]` replaced by the student's output `out[i]` (k, N, w): a per-epoch accuracy of
     each student while it trains, before the others exist and before any fine-tuning."""
-    from kdbench.engine import accuracy
-
     accs = []
     for c, o in zip(cols, out):
         f = feats.clone()
