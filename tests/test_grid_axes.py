@@ -243,15 +243,16 @@ def test_ft_cifar10_cpu_preset_crosses_three_methods_over_one_pretrained_teacher
     assert {p.spec.teacher for p in table if p.spec.method != "student"} == {
         "file:resnet20=$KDBENCH_WEIGHTS/cifar10-resnet-akamaster/resnet20-12fca82f.th"}
 
-def test_tcn_table3_cifar10_cpu_preset_runs_ff_on_three_seeds_and_the_gan_on_one(monkeypatch, tmp_path):
+def test_tcn_table3_cifar10_cpu_preset_runs_every_cell_on_three_seeds(monkeypatch, tmp_path):
     shared_weights_stand_in(tmp_path, monkeypatch, "resnet56", "resnet56-4bfd9763.th")
     table = plan(SweepSpec.build(preset="tcn-table3-cifar10-cpu"), "/nonexistent")
     cells = sorted((p.spec.method, p.spec.mode or "", p.spec.params.get("gan_variant", ""), p.spec.n_students, p.spec.seed)
                    for p in table if p.spec.method == "tcn" and p.spec.mode == "gan")
-    assert cells == [("tcn", "gan", "code-faithful", 4, 0)] + [("tcn", "gan", "paper-intent", n, 0) for n in (1, 2, 4, 8)]
+    assert cells == ([("tcn", "gan", "code-faithful", 4, s) for s in range(3)]
+                     + [("tcn", "gan", "paper-intent", n, s) for n in (1, 2, 4, 8) for s in range(3)])
     ff = [p for p in table if p.spec.mode == "ff"]
     assert sorted({p.spec.n_students for p in ff}) == [1, 2, 4, 8] and {p.spec.seed for p in ff} == {0, 1, 2}
-    assert len(table) == 6 + 12 + 5 and {p.spec.val_fraction for p in table} == {0.2}
+    assert len(table) == 6 + 12 + 15 and {p.spec.val_fraction for p in table} == {0.2}
     assert {p.spec.epochs for p in table if p.spec.mode == "gan"} == {10}
 
 def test_an_auto_student_its_data_options_make_unbuildable_is_refused_before_any_training(tmp_path, capsys, monkeypatch):
